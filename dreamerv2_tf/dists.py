@@ -1,0 +1,142 @@
+"""Distributions of DreamerV2, built on tensorflow-probability (SPEC.md §3, §4, §8).
+
+Every distribution here computes in float32 whatever the layer precision: the callers cast
+their parameters with `tf.cast(x, tf.float32)` first (mixed float16 would break
+`TruncatedNormal.log_prob` and XLA's one-hot sampling, ../shared/STACK.md).
+
+- `OneHotDist`: categorical over one-hot vectors with straight-through samples
+  (sample + probs − stop_gradient(probs)), mode = one-hot argmax, analytic entropy and KL
+  (inherited from `tfd.OneHotCategorical`), `log_prob` without gradient into the event.
+- `TruncNormalDist`: the continuous actor's truncated normal on [−1, 1] whose samples are
+  clipped into (−1 + 1e-6, 1 − 1e-6) with a straight-through gradient.
+- `image_dist`, `scalar_normal`, `bernoulli`: the heads' unit-variance Normal and Bernoulli.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+tfd = tfp.distributions
+
+
+class OneHotDist(tfd.OneHotCategorical):
+  """One-hot categorical with straight-through gradients through `sample()`.
+
+  Args:
+    logits: float tensor [..., K]; cast to float32.
+
+  `sample()` returns float32 one-hot vectors [..., K] (exactly 0 or 1 in the forward pass)
+  whose gradient with respect to the logits equals that of `probs`. `mode()` is the one-hot
+  argmax. `log_prob(x)` treats `x` as a constant (no gradient into the event; SPEC.md §8).
+  """
+
+  def __init__(self, logits=None, probs=None, dtype=tf.float32, validate_args=False,
+               allow_nan_stats=True, name='OneHotDist'):
+    parameters = dict(locals())
+    if logits is not None:
+      logits = tf.cast(logits, tf.float32)
+    if probs is not None:
+      probs = tf.cast(probs, tf.float32)
+    super().__init__(logits=logits, probs=probs, dtype=dtype, validate_args=validate_args,
+                     allow_nan_stats=allow_nan_stats, name=name)
+    self._parameters = parameters
+
+  @classmethod
+  def _parameter_properties(cls, dtype, num_classes=None):
+    # Same parameters (logits, probs) as the parent; declared so TFP knows the subclass
+    # keeps the parent's parameterisation.
+    return tfd.OneHotCategorical._parameter_properties(dtype, num_classes)
+
+  def mode(self, **kwargs):
+    logits = self.logits_parameter()
+    return tf.one_hot(tf.argmax(logits, -1), logits.shape[-1], dtype=self.dtype)
+
+  def sample(self, sample_shape=(), seed=None, name='sample', **kwargs):
+    # TFP's sampler draws int indices; the straight-through term adds the probabilities'
+    # gradient without changing the forward value.
+    sample = tf.stop_gradient(super().sample(sample_shape, seed=seed, name=name, **kwargs))
+    probs = self.probs_parameter()
+    while len(probs.shape) < len(sample.shape):
+      probs = probs[None]
+    return sample + probs - tf.stop_gradient(probs)
+
+  def log_prob(self, value, name='log_prob', **kwargs):
+    return super().log_prob(tf.stop_gradient(tf.cast(value, self.dtype)), name=name, **kwargs)
+
+
+class TruncNormalDist(tfd.TruncatedNormal):
+  """Truncated normal on [low, high] with clipped, straight-through samples (SPEC.md §4).
+
+  Args:
+    loc, scale: float tensors [..., A]; cast to float32.
+    low, high: truncation bounds (−1, 1 for actions).
+    clip: samples are clipped into (low + clip, high − clip) in the forward pass while the
+      gradient flows as if unclipped.
+  """
+
+  def __init__(self, loc, scale, low=-1.0, high=1.0, clip=1e-6, name='TruncNormalDist'):
+    parameters = dict(locals())
+    super().__init__(tf.cast(loc, tf.float32), tf.cast(scale, tf.float32), low, high, name=name)
+    self._clip = clip
+    self._parameters = parameters
+
+  @classmethod
+  def _parameter_properties(cls, dtype, num_classes=None):
+    return tfd.TruncatedNormal._parameter_properties(dtype, num_classes)
+
+  def sample(self, sample_shape=(), seed=None, name='sample', **kwargs):
+    event = super().sample(sample_shape, seed=seed, name=name, **kwargs)
+    if self._clip:
+      low = tf.cast(self.low, event.dtype) + self._clip
+      high = tf.cast(self.high, event.dtype) - self._clip
+      clipped = tf.clip_by_value(event, low, high)
+      event = event - tf.stop_gradient(event) + tf.stop_gradient(clipped)
+    return event
+
+
+def categorical_latent(logits: tf.Tensor) -> tfd.Distribution:
+  """The RSSM's latent distribution: `stoch` independent categoricals, one event.
+
+  Args:
+    logits: [..., stoch, classes] float (any precision).
+  Returns:
+    Independent(OneHotDist(logits), 1): batch shape [...], event [stoch, classes]; `entropy`
+    and `kl_divergence` sum over the `stoch` categoricals.
+  """
+  return tfd.Independent(OneHotDist(logits), 1)
+
+
+def image_dist(mean: tf.Tensor) -> tfd.Distribution:
+  """Unit-variance Normal over [..., H, W, C] images, log-prob summed over H, W, C (SPEC §3)."""
+  return tfd.Independent(tfd.Normal(tf.cast(mean, tf.float32), 1.0), 3)
+
+
+def scalar_normal(mean: tf.Tensor) -> tfd.Distribution:
+  """Unit-variance Normal over scalars [...] (reward head and critic); mode = mean."""
+  return tfd.Independent(tfd.Normal(tf.cast(mean, tf.float32), 1.0), 0)
+
+
+def bernoulli(logits: tf.Tensor) -> tfd.Distribution:
+  """Bernoulli over scalars [...] from logits (discount head); accepts soft targets in [0, 1]."""
+  return tfd.Independent(tfd.Bernoulli(logits=tf.cast(logits, tf.float32), dtype=tf.float32), 0)
+
+
+def action_dist(kind: str, mean: tf.Tensor, std: tf.Tensor | None = None,
+                min_std: float = 0.1, init_std: float = 0.0) -> tfd.Distribution:
+  """The actor's distribution (SPEC.md §4).
+
+  Args:
+    kind: 'onehot' (mean are logits [..., A]) or 'trunc_normal' (mean and std are raw
+      outputs [..., A]: loc = tanh(mean), scale = 2·σ((std + init_std)/2) + min_std).
+  Raises:
+    ValueError: for another `kind`.
+  """
+  if kind == 'onehot':
+    return OneHotDist(mean)
+  if kind == 'trunc_normal':
+    mean = tf.cast(mean, tf.float32)
+    std = tf.cast(std, tf.float32)
+    std = 2.0 * tf.nn.sigmoid((std + init_std) / 2.0) + min_std
+    return tfd.Independent(TruncNormalDist(tf.tanh(mean), std, -1.0, 1.0), 1)
+  raise ValueError(f"Unknown actor distribution '{kind}'; allowed: onehot, trunc_normal.")

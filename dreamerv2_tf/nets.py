@@ -1,0 +1,335 @@
+"""Keras layers of DreamerV2: encoder, decoder, MLP heads, GRU cell and RSSM (SPEC.md §3, §8).
+
+Conventions:
+- Batch-major inputs `[B, T, ...]` for sequences; `RSSM.observe`/`imagine` return batch-major
+  dicts. Single steps are `[B, ...]`. Any number of leading dims is accepted where noted.
+- Every layer is built in `__init__` from known sizes, so its variables exist before the first
+  call (checkpoints restore into them directly) and the variable set never depends on call
+  order. Layers compute in the global Keras dtype policy (float32, or float16 under
+  `mixed_float16`); the GRU layer norm, the latent logits and every distribution are float32.
+- Initialisation is Keras' default (Glorot uniform kernels, zero biases), every Dense and conv
+  has a bias, as in the authors' release.
+
+A latent state is a dict of tensors: `deter` [B, deter] (GRU state h), `stoch` [B, stoch,
+classes] (one-hot samples z, straight-through), `logit` [B, stoch, classes] float32.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import keras
+import tensorflow as tf
+
+from dreamerv2_tf import dists
+
+State = dict  # {'deter': [B, D], 'stoch': [B, S, K], 'logit': [B, S, K]}
+
+
+def _activation(name: str):
+  if name in ('none', None, ''):
+    return None
+  fn = keras.activations.get(name)
+  return fn
+
+
+def _dense(units: int, in_dim: int, act: str | None = None, name: str | None = None):
+  layer = keras.layers.Dense(units, activation=_activation(act), name=name)
+  layer.build((None, in_dim))
+  return layer
+
+
+class Encoder(keras.layers.Layer):
+  """Conv encoder: 4 convs, kernel 4, stride 2, 'valid', depths depth·(1, 2, 4, 8), ELU.
+
+  Input: preprocessed image float [..., 64, 64, C] in [−0.5, 0.5]. Output: embed [..., E] with
+  E = 2·2·8·depth (1536 for depth 48), flattened in (H, W, C) order. SPEC.md §3.
+  """
+
+  def __init__(self, image_shape: Sequence[int], depth: int = 48,
+               kernels: Sequence[int] = (4, 4, 4, 4), act: str = 'elu', **kwargs):
+    super().__init__(**kwargs)
+    self.image_shape = tuple(image_shape)
+    self.convs = []
+    h, w, c = self.image_shape
+    for i, kernel in enumerate(kernels):
+      filters = depth * 2 ** i
+      conv = keras.layers.Conv2D(filters, kernel, strides=2, padding='valid',
+                                 activation=_activation(act), name=f'conv{i}')
+      conv.build((None, h, w, c))
+      h, w, c = (h - kernel) // 2 + 1, (w - kernel) // 2 + 1, filters
+      self.convs.append(conv)
+    self.embed_size = h * w * c
+
+  def call(self, image):
+    batch_dims = tf.shape(image)[:-3]
+    x = tf.reshape(image, tf.concat([[-1], self.image_shape], 0))
+    x = tf.cast(x, self.compute_dtype)
+    for conv in self.convs:
+      x = conv(x)
+    return tf.reshape(x, tf.concat([batch_dims, [self.embed_size]], 0))
+
+
+class Decoder(keras.layers.Layer):
+  """Transposed-conv decoder: Dense(32·depth) → 1×1 → 1→5→13→30→64 (kernels 5, 5, 6, 6).
+
+  Input: feat [..., F]. Output: image mean [..., 64, 64, C] (compute dtype); the image
+  distribution is `dists.image_dist(mean)`. Depths depth·(4, 2, 1) then C, ELU except last.
+  SPEC.md §3.
+  """
+
+  def __init__(self, feat_size: int, image_shape: Sequence[int], depth: int = 48,
+               kernels: Sequence[int] = (5, 5, 6, 6), act: str = 'elu', **kwargs):
+    super().__init__(**kwargs)
+    self.image_shape = tuple(image_shape)
+    self.convin = _dense(32 * depth, feat_size, name='convin')
+    self.convs = []
+    size, channels = 1, 32 * depth
+    for i, kernel in enumerate(kernels):
+      last = i == len(kernels) - 1
+      filters = self.image_shape[-1] if last else depth * 2 ** (len(kernels) - i - 2)
+      conv = keras.layers.Conv2DTranspose(
+          filters, kernel, strides=2, padding='valid',
+          activation=None if last else _activation(act), name=f'conv{i}')
+      conv.build((None, size, size, channels))
+      size, channels = (size - 1) * 2 + kernel, filters
+      self.convs.append(conv)
+    if (size, size, channels) != self.image_shape:
+      raise ValueError(f'Decoder kernels {tuple(kernels)} give {size}x{size}x{channels} images, '
+                       f'not {self.image_shape}.')
+
+  def call(self, feat):
+    batch_dims = tf.shape(feat)[:-1]
+    x = self.convin(tf.cast(feat, self.compute_dtype))
+    x = tf.reshape(x, [-1, 1, 1, x.shape[-1]])
+    for conv in self.convs:
+      x = conv(x)
+    return tf.reshape(x, tf.concat([batch_dims, self.image_shape], 0))
+
+
+class MLP(keras.layers.Layer):
+  """`layers` Dense(units, act) then an output Dense(out_size) (SPEC.md §3, §8).
+
+  Input [..., in_size]; returns the output [..., out_size] (compute dtype). With
+  `std_out`, a second Dense(out_size) on the same last hidden layer is built and `call`
+  returns (out, std_out) — the continuous actor's mean and std.
+  """
+
+  def __init__(self, in_size: int, out_size: int, layers: int = 4, units: int = 400,
+               act: str = 'elu', std_out: bool = False, **kwargs):
+    super().__init__(**kwargs)
+    self.hidden = []
+    size = in_size
+    for i in range(layers):
+      self.hidden.append(_dense(units, size, act, name=f'dense{i}'))
+      size = units
+    self.out = _dense(out_size, size, name='out')
+    self.std = _dense(out_size, size, name='std') if std_out else None
+
+  def call(self, x):
+    x = tf.cast(x, self.compute_dtype)
+    for layer in self.hidden:
+      x = layer(x)
+    if self.std is not None:
+      return self.out(x), self.std(x)
+    return self.out(x)
+
+
+class GRUCell(keras.layers.Layer):
+  """DreamerV2's GRU cell with layer norm (SPEC.md §3).
+
+  parts = LayerNorm_float32(Dense(3·size)(concat(x, h))); split into reset r, candidate c,
+  update u; r = σ(r); c = tanh(r·c); u = σ(u − 1); h' = u·c + (1 − u)·h.
+  Inputs x [B, in_size], h [B, size]; returns h' [B, size] in the compute dtype.
+  """
+
+  def __init__(self, in_size: int, size: int, update_bias: float = -1.0, **kwargs):
+    super().__init__(**kwargs)
+    self.size = size
+    self.update_bias = update_bias
+    self.dense = _dense(3 * size, in_size + size, name='dense')
+    self.norm = keras.layers.LayerNormalization(epsilon=1e-3, dtype='float32', name='norm')
+    self.norm.build((None, 3 * size))
+
+  def call(self, x, h):
+    parts = self.dense(tf.concat([x, h], -1))
+    parts = tf.cast(self.norm(tf.cast(parts, tf.float32)), self.compute_dtype)
+    reset, cand, update = tf.split(parts, 3, -1)
+    reset = tf.nn.sigmoid(reset)
+    cand = tf.tanh(reset * cand)
+    update = tf.nn.sigmoid(update + self.update_bias)
+    return update * cand + (1 - update) * h
+
+
+class RSSM(keras.layers.Layer):
+  """Recurrent state-space model with categorical latents (SPEC.md §3).
+
+  img_step (prior): x = ELU(img_in(concat(flatten(z), a))); h = GRU(x, h);
+    logits = img_dist(ELU(img_out(h))).
+  obs_step (posterior): zero previous state and action where `is_first`; run img_step;
+    logits = obs_dist(ELU(obs_out(concat(h, embed)))).
+  Samples use straight-through gradients; `sample=False` takes the one-hot mode.
+
+  Args:
+    action_size: A. embed_size: E (encoder output). deter, hidden: sizes of h and of the
+    hidden Dense layers. stoch, classes: number of categoricals and classes each.
+  """
+
+  def __init__(self, action_size: int, embed_size: int, deter: int = 600, hidden: int = 600,
+               stoch: int = 32, discrete: int = 32, act: str = 'elu', **kwargs):
+    super().__init__(**kwargs)
+    self.deter, self.stoch, self.classes = deter, stoch, discrete
+    self.action_size, self.embed_size = action_size, embed_size
+    flat = stoch * discrete
+    self.img_in = _dense(hidden, flat + action_size, act, name='img_in')
+    self.cell = GRUCell(hidden, deter, name='cell')
+    self.img_out = _dense(hidden, deter, act, name='img_out')
+    self.img_dist = _dense(flat, hidden, name='img_dist')
+    self.obs_out = _dense(hidden, deter + embed_size, act, name='obs_out')
+    self.obs_dist = _dense(flat, hidden, name='obs_dist')
+
+  @property
+  def feat_size(self) -> int:
+    """Size of `get_feat`: stoch·classes + deter (1624 for Atari)."""
+    return self.stoch * self.classes + self.deter
+
+  def initial(self, batch: int) -> State:
+    """Zero state for `batch` sequences: deter [B, D], stoch and logit [B, S, K]."""
+    dtype = self.compute_dtype
+    return {
+        'deter': tf.zeros([batch, self.deter], dtype),
+        'stoch': tf.zeros([batch, self.stoch, self.classes], dtype),
+        'logit': tf.zeros([batch, self.stoch, self.classes], tf.float32),
+    }
+
+  def get_feat(self, state: State) -> tf.Tensor:
+    """concat(flatten(stoch), deter): [..., S·K + D] in the compute dtype."""
+    stoch = tf.cast(state['stoch'], self.compute_dtype)
+    stoch = tf.reshape(stoch, tf.concat([tf.shape(stoch)[:-2], [self.stoch * self.classes]], 0))
+    return tf.concat([stoch, tf.cast(state['deter'], self.compute_dtype)], -1)
+
+  def get_dist(self, state: State):
+    """Independent one-hot categoricals over [..., S, K] from `state['logit']` (float32)."""
+    return dists.categorical_latent(state['logit'])
+
+  def _logits(self, layer_out, layer_dist, x):
+    logit = tf.cast(layer_dist(layer_out(x)), tf.float32)
+    return tf.reshape(logit, tf.concat([tf.shape(logit)[:-1], [self.stoch, self.classes]], 0))
+
+  def _latent(self, logit, sample):
+    dist = dists.categorical_latent(logit)
+    stoch = dist.sample() if sample else dist.mode()
+    return tf.cast(stoch, self.compute_dtype)
+
+  def _recurrent(self, prev_state: State, prev_action: tf.Tensor) -> tf.Tensor:
+    stoch = tf.cast(prev_state['stoch'], self.compute_dtype)
+    stoch = tf.reshape(stoch, [-1, self.stoch * self.classes])
+    x = self.img_in(tf.concat([stoch, tf.cast(prev_action, self.compute_dtype)], -1))
+    return self.cell(x, tf.cast(prev_state['deter'], self.compute_dtype))
+
+  def img_step(self, prev_state: State, prev_action: tf.Tensor, sample: bool = True) -> State:
+    """One prior step: state [B, ...] and action [B, A] → prior state [B, ...]."""
+    deter = self._recurrent(prev_state, prev_action)
+    logit = self._logits(self.img_out, self.img_dist, deter)
+    return {'deter': deter, 'stoch': self._latent(logit, sample), 'logit': logit}
+
+  def _reset(self, prev_state: State, prev_action: tf.Tensor, is_first: tf.Tensor):
+    keep = 1.0 - tf.cast(is_first, self.compute_dtype)
+    prev_state = {
+        k: v * tf.reshape(tf.cast(keep, v.dtype), [-1] + [1] * (len(v.shape) - 1))
+        for k, v in prev_state.items()}
+    prev_action = tf.cast(prev_action, self.compute_dtype) * keep[:, None]
+    return prev_state, prev_action
+
+  def obs_step(self, prev_state: State, prev_action: tf.Tensor, embed: tf.Tensor,
+               is_first: tf.Tensor, sample: bool = True, with_prior: bool = True):
+    """One posterior step.
+
+    Args:
+      prev_state: state [B, ...]; prev_action: [B, A] (the action that led to this
+        observation); embed: [B, E]; is_first: bool [B] (zeroes state and action first).
+      with_prior: also compute the prior's logits and stoch (False when acting).
+    Returns:
+      (post, prior) states [B, ...]; prior is None without `with_prior`.
+    """
+    prev_state, prev_action = self._reset(prev_state, prev_action, is_first)
+    deter = self._recurrent(prev_state, prev_action)
+    prior = None
+    if with_prior:
+      prior_logit = self._logits(self.img_out, self.img_dist, deter)
+      prior = {'deter': deter, 'stoch': self._latent(prior_logit, sample), 'logit': prior_logit}
+    x = tf.concat([deter, tf.cast(embed, self.compute_dtype)], -1)
+    logit = self._logits(self.obs_out, self.obs_dist, x)
+    post = {'deter': deter, 'stoch': self._latent(logit, sample), 'logit': logit}
+    return post, prior
+
+  def observe(self, embed: tf.Tensor, action: tf.Tensor, is_first: tf.Tensor,
+              state: State | None = None, sample: bool = True):
+    """Posterior and prior over a sequence.
+
+    Args:
+      embed [B, T, E], action [B, T, A] (action[:, t] led to observation t), is_first
+      bool [B, T]; state: initial state [B, ...] (zeros if None). T must be static.
+    Returns:
+      (post, prior): dicts of [B, T, ...]. The loop is unrolled over T; the prior's logits,
+      which the recurrence does not need, are computed for all steps at once afterwards.
+    """
+    length = embed.shape[1]
+    if state is None:
+      state = self.initial(tf.shape(embed)[0])
+    posts = []
+    for t in range(length):
+      state, _ = self.obs_step(state, action[:, t], embed[:, t], is_first[:, t], sample,
+                               with_prior=False)
+      posts.append(state)
+    post = {k: tf.stack([p[k] for p in posts], 1) for k in posts[0]}
+    # The prior's stoch is not used by any loss; its mode keeps the graph free of unused
+    # random ops (Grappler warns about pruned sampling nodes otherwise).
+    prior_logit = self._logits(self.img_out, self.img_dist, post['deter'])
+    prior = {'deter': post['deter'], 'stoch': self._latent(prior_logit, False),
+             'logit': prior_logit}
+    return post, prior
+
+  def imagine(self, action: tf.Tensor, state: State | None = None, sample: bool = True):
+    """Prior states for given actions: action [B, T, A] → dict of [B, T, ...].
+
+    Step t applies action[:, t] to the state of step t − 1 (the initial `state` for t = 0).
+    """
+    if state is None:
+      state = self.initial(tf.shape(action)[0])
+    priors = []
+    for t in range(action.shape[1]):
+      state = self.img_step(state, action[:, t], sample)
+      priors.append(state)
+    return {k: tf.stack([p[k] for p in priors], 1) for k in priors[0]}
+
+  def kl_loss(self, post: State, prior: State, forward: bool = False, balance: float = 0.8,
+              free: float = 0.0, free_avg: bool = True):
+    """KL balancing with free nats (SPEC.md §3).
+
+    loss = mix·max(mean KL(post‖sg(prior)), free) + (1 − mix)·max(mean KL(sg(post)‖prior), free)
+    with mix = 1 − balance (`forward=False`); the KL sums over the S categoricals. With
+    `free_avg=False` the free-nats max is taken per step, before the mean.
+
+    Returns:
+      (loss scalar float32, value [B, T] = KL(post ‖ prior) per step).
+    """
+    sg = lambda state: {k: tf.stop_gradient(v) for k, v in state.items()}
+    lhs, rhs = (prior, post) if forward else (post, prior)
+    mix = balance if forward else 1.0 - balance
+    kld = lambda a, b: self.get_dist(a).kl_divergence(self.get_dist(b))
+    value_lhs = value = kld(lhs, sg(rhs))
+    value_rhs = kld(sg(lhs), rhs)
+    if free_avg:
+      loss_lhs = tf.maximum(tf.reduce_mean(value_lhs), free)
+      loss_rhs = tf.maximum(tf.reduce_mean(value_rhs), free)
+    else:
+      loss_lhs = tf.reduce_mean(tf.maximum(value_lhs, free))
+      loss_rhs = tf.reduce_mean(tf.maximum(value_rhs, free))
+    return mix * loss_lhs + (1.0 - mix) * loss_rhs, value
+
+
+def count_params(layer) -> int:
+  """Number of trainable scalars of a Keras layer or tf.Module."""
+  return int(sum(math.prod(v.shape) for v in layer.trainable_variables))
