@@ -98,7 +98,9 @@ class Agent(tf.Module):
     compile_fn = (lambda fn, **kw: tf.function(fn, **kw)) if config.jit else (lambda fn, **kw: fn)
     self._policy = compile_fn(self._policy_step)
     self._train = compile_fn(self._train_step, jit_compile=bool(config.xla))
-    self._report = compile_fn(self._report_step)
+    # Runs eagerly: it is called once per log interval, and Grappler's layout pass fails
+    # (harmlessly, but loudly) on its traced graph in TF 2.21.
+    self._report = self._report_step
 
   @property
   def updates(self) -> tf.Variable:
