@@ -138,6 +138,15 @@ class Checkpointer:
     return status
 
 
+def is_complete(status) -> bool:
+  """True when every value in the restored checkpoint has found its variable (none deferred)."""
+  try:
+    status.assert_consumed()
+    return True
+  except AssertionError:
+    return False
+
+
 def read_variables(path: str) -> dict[str, np.ndarray]:
   """{checkpoint key: value} of a saved checkpoint without building any object (for tests and
   tools). Keys look like `step/.ATTRIBUTES/VARIABLE_VALUE`."""

@@ -242,3 +242,36 @@ def load_config(names: Iterable[str] = (), overrides: Mapping[str, Any] | None =
   if overrides:
     config = config.update(overrides)
   return config
+
+
+def parse_overrides(args: Iterable[str]) -> dict[str, str]:
+  """Parses command-line overrides into {dotted key: value string} (converted later by `convert`).
+
+  Accepted forms: `--rssm.deter=200`, `--rssm.deter 200`, and a bare `--flag` (the value
+  'true', for bool keys). Keys are checked against the config by `Config.update`, not here.
+
+  Raises:
+    ConfigError: for an argument that is not an override (e.g. a stray positional word or a
+      single-dash option), naming it.
+  """
+  args = list(args)
+  overrides = {}
+  i = 0
+  while i < len(args):
+    arg = args[i]
+    if not arg.startswith('--') or len(arg) == 2:
+      raise ConfigError(
+          f"Unexpected argument '{arg}': overrides look like --key=value (e.g. --rssm.deter=200).")
+    if '=' in arg:
+      key, value = arg[2:].split('=', 1)
+      i += 1
+    elif i + 1 < len(args) and not args[i + 1].startswith('--'):
+      key, value = arg[2:], args[i + 1]
+      i += 2
+    else:
+      key, value = arg[2:], 'true'
+      i += 1
+    if not key:
+      raise ConfigError(f"Unexpected argument '{arg}': the key is empty.")
+    overrides[key] = value
+  return overrides

@@ -5,7 +5,7 @@ their parameters with `tf.cast(x, tf.float32)` first (mixed float16 would break
 `TruncatedNormal.log_prob` and XLA's one-hot sampling, ../shared/STACK.md).
 
 - `OneHotDist`: categorical over one-hot vectors with straight-through samples
-  (sample + probs − stop_gradient(probs)), mode = one-hot argmax, analytic entropy and KL
+  (sample + (probs − stop_gradient(probs))), mode = one-hot argmax, analytic entropy and KL
   (inherited from `tfd.OneHotCategorical`), `log_prob` without gradient into the event.
 - `TruncNormalDist`: the continuous actor's truncated normal on [−1, 1] whose samples are
   clipped into (−1 + 1e-6, 1 − 1e-6) with a straight-through gradient.
@@ -59,7 +59,9 @@ class OneHotDist(tfd.OneHotCategorical):
     probs = self.probs_parameter()
     while len(probs.shape) < len(sample.shape):
       probs = probs[None]
-    return sample + probs - tf.stop_gradient(probs)
+    # (probs − sg(probs)) is exactly zero in the forward pass, so the sample stays exactly
+    # one-hot (sample + probs − sg(probs) would round 1 to 0.99999994 at times).
+    return sample + (probs - tf.stop_gradient(probs))
 
   def log_prob(self, value, name='log_prob', **kwargs):
     return super().log_prob(tf.stop_gradient(tf.cast(value, self.dtype)), name=name, **kwargs)

@@ -37,18 +37,25 @@ MAIN_KEYS = (
     'updates', 'updates_per_sec', 'update_seconds', 'env_steps_per_sec', 'fps')
 
 
-def _finite_or_none(value: float) -> float | None:
+def _finite_or_none(value: int | float) -> int | float | None:
   return value if math.isfinite(value) else None
 
 
-def _to_float(value: Any) -> float:
-  """Converts a Python/numpy/TF scalar to float. Raises TypeError for non-scalars."""
+def _to_scalar(value: Any) -> int | float:
+  """Converts a Python/numpy/TF scalar to int (integer or bool dtypes) or float.
+
+  Raises:
+    TypeError: for a value that is not a single number.
+  """
   if hasattr(value, 'numpy'):
     value = value.numpy()
   array = np.asarray(value)
   if array.size != 1:
     raise TypeError(f'Expected a scalar, got an array of shape {array.shape}.')
-  return float(array.reshape(()))
+  array = array.reshape(())
+  if np.issubdtype(array.dtype, np.integer) or array.dtype == bool:
+    return int(array)
+  return float(array)
 
 
 def format_value(value: float) -> str:
@@ -142,6 +149,7 @@ class JSONLOutput:
     fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix='.tmp-', suffix='.jsonl')
     with os.fdopen(fd, 'w') as f:
       f.writelines(keep)
+    os.chmod(tmp, self.path.stat().st_mode & 0o777)
     os.replace(tmp, self.path)
     return len(moved), aside
 
@@ -224,14 +232,14 @@ class Logger:
             videos: Mapping[str, np.ndarray] | None = None,
             terminal: bool | Mapping[str, Any] = True) -> None:
     """Writes one record at `step` (frames). Scalars may be Python, numpy or TF scalars."""
-    scalars = {k: _to_float(v) for k, v in (scalars or {}).items()}
+    scalars = {k: _to_scalar(v) for k, v in (scalars or {}).items()}
     videos = dict(videos or {})
     for output in self.outputs:
       if isinstance(output, TerminalOutput):
         if terminal is True:
           output(step, scalars, videos)
         elif terminal:
-          output(step, {k: _to_float(v) for k, v in terminal.items()}, {})
+          output(step, {k: _to_scalar(v) for k, v in terminal.items()}, {})
       else:
         output(step, scalars, videos)
 

@@ -60,6 +60,7 @@ class Encoder(keras.layers.Layer):
       conv.build((None, h, w, c))
       h, w, c = (h - kernel) // 2 + 1, (w - kernel) // 2 + 1, filters
       self.convs.append(conv)
+      setattr(self, f'conv{i}', conv)  # tracked by tf.train.Checkpoint (see MLP)
     self.embed_size = h * w * c
 
   def call(self, image):
@@ -95,6 +96,7 @@ class Decoder(keras.layers.Layer):
       conv.build((None, size, size, channels))
       size, channels = (size - 1) * 2 + kernel, filters
       self.convs.append(conv)
+      setattr(self, f'conv{i}', conv)  # tracked by tf.train.Checkpoint (see MLP)
     if (size, size, channels) != self.image_shape:
       raise ValueError(f'Decoder kernels {tuple(kernels)} give {size}x{size}x{channels} images, '
                        f'not {self.image_shape}.')
@@ -102,8 +104,16 @@ class Decoder(keras.layers.Layer):
   def call(self, feat):
     batch_dims = tf.shape(feat)[:-1]
     x = self.convin(tf.cast(feat, self.compute_dtype))
-    x = tf.reshape(x, [-1, 1, 1, x.shape[-1]])
-    for conv in self.convs:
+    # The first transposed conv sees a 1×1 input, so it is exactly a matrix product with its
+    # kernel [k, k, out, in]: out[n, i, j, o] = Σ_c x[n, c]·K[i, j, o, c] + b[o]. TF's CPU
+    # conv2d_transpose kernel is ~40× slower on this shape, so compute it directly (same
+    # variables, same result).
+    first = self.convs[0]
+    x = tf.einsum('nc,ijoc->nijo', x, tf.cast(first.kernel, x.dtype))
+    x = x + tf.cast(first.bias, x.dtype)
+    if first.activation is not None:
+      x = first.activation(x)
+    for conv in self.convs[1:]:
       x = conv(x)
     return tf.reshape(x, tf.concat([batch_dims, self.image_shape], 0))
 
@@ -123,6 +133,10 @@ class MLP(keras.layers.Layer):
     size = in_size
     for i in range(layers):
       self.hidden.append(_dense(units, size, act, name=f'dense{i}'))
+      # Keras 3 keeps list attributes in a TrackedList that tf.train.Checkpoint does not see;
+      # the attribute makes the checkpoint save this layer (e.g. the target critic, which no
+      # optimiser lists).
+      setattr(self, f'dense{i}', self.hidden[-1])
       size = units
     self.out = _dense(out_size, size, name='out')
     self.std = _dense(out_size, size, name='std') if std_out else None

@@ -22,6 +22,15 @@ def preprocess_image(image: tf.Tensor, dtype=tf.float32) -> tf.Tensor:
   return tf.cast(tf.cast(image, tf.float32) / 255.0 - 0.5, dtype)
 
 
+def discount_weights(discount: tf.Tensor) -> tf.Tensor:
+  """Weights w_t = Π_{k<t} discount_k along axis 0 (w_0 = 1) for discount [T, N] (SPEC §4).
+
+  Each column is independent: discounts [0.9, 0.5, 1.0] in every row give
+  w_2 = [0.81, 0.25, 1.0].
+  """
+  return tf.math.cumprod(tf.concat([tf.ones_like(discount[:1]), discount[:-1]], 0), 0)
+
+
 class WorldModel(tf.Module):
   """Encoder, RSSM, decoder, reward and discount heads, and the model optimiser.
 
@@ -176,7 +185,7 @@ class WorldModel(tf.Module):
     else:
       disc = self.discount * tf.ones(tf.shape(seq['feat'])[:-1], tf.float32)
     seq['discount'] = disc
-    seq['weight'] = tf.math.cumprod(tf.concat([tf.ones_like(disc[:1]), disc[:-1]], 0), 0)
+    seq['weight'] = discount_weights(disc)
     return seq
 
   def video_pred(self, data: dict, context: int = 5, num: int = 6) -> tf.Tensor:

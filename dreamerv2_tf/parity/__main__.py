@@ -8,6 +8,10 @@
       Each run's binned evaluation returns against the published seeds' band; PNG + CSV per task
       with --out.
 
+  authors FIXTURE_DIR [--json] [--no_train]
+      Imports a fixture's authors' checkpoint and recomputes every array of its outputs.npz with
+      this project's components; largest relative error per array, exit 1 above 1e-5.
+
 FILE is a path (JSON, optionally gzip-compressed) or the name of a packaged copy, e.g.
 `atari-dreamerv2.json`. Exit status: 0 on success, 1 on a ParityError (message on stderr), 2 on
 bad command-line usage.
@@ -27,6 +31,7 @@ import sys
 from typing import Callable, Sequence
 
 from dreamerv2_tf.parity import compare as compare_lib
+from dreamerv2_tf.parity.authors import add_authors
 from dreamerv2_tf.parity import scores as scores_lib
 from dreamerv2_tf.parity.scores import ParityError
 
@@ -201,7 +206,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- main
 
-SUBCOMMANDS: list[Callable] = [add_aggregate, add_compare]
+SUBCOMMANDS: list[Callable] = [add_aggregate, add_compare, add_authors]
 """Functions that register one subcommand each on the subparsers object."""
 
 

@@ -1,0 +1,217 @@
+"""Environment factory: task name + config -> environments yielding SPEC.md §1 transitions.
+
+Interfaces (see wrappers.py for the transition format and its time alignment):
+
+  make_env(task, config, mode='train', seed=None) -> Env
+      one environment; Atari runs in this process, DMC in a TF-free worker process.
+  make_vec_env(task, config, mode='train', num=1, seed=None) -> VecEnv
+      `num` environments; num > 1 uses gymnasium's AsyncVectorEnv (one worker process each,
+      started with 'spawn' and without the parent's __main__ module, so workers never import
+      TensorFlow), num == 1 wraps make_env's Env.
+
+  Env.reset() -> {key: array}            Env.step(action [A] float32) -> {key: array}
+  VecEnv.reset() -> {key: array [N, ...]} VecEnv.step(actions [N, A]) -> {key: array [N, ...]}
+
+Auto-reset rule of VecEnv: an env whose previous transition had is_last True ignores its action
+and returns its reset transition (is_first True, reward 0, action zeros) instead.
+
+Tasks: `atari_<game>` (atari.py; 64x64x1, one-hot actions, 4 frames per agent step, 27,000-step
+time limit from config `time_limit`) and `dmc_<domain>_<task>` (dmc.py; 64x64x3, actions in
+[-1, 1], action repeat from config `action_repeat`). Config keys read: render_size, dmc_camera,
+atari_grayscale, atari_sticky, atari_full_action_space, time_limit, action_repeat, seed.
+
+Seeds: environment `index` of mode `mode` in a run with seed `s` gets
+`env_seed(s, mode, index)` = the first 32-bit word of numpy's SeedSequence([s, mode id
+(train 0, eval 1), index]). It seeds the env on its first reset only (ALE sticky-action RNG and
+no-op count; dm_control's initial-state RNG); later resets continue those streams, so a seed
+gives one fixed sequence of episodes for a fixed sequence of actions. `seed=None` means
+`config.seed`. `make_env` is index 0; `make_vec_env` uses indices 0..num-1.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Mapping
+
+import gymnasium as gym
+import numpy as np
+
+from dreamerv2_tf.envs.wrappers import (
+    ActSpace, Env, ProcessEnv, TransitionWrapper, check_action, hidden_main_module,
+    obs_space_of)
+
+__all__ = [
+    'SUITES', 'MODES', 'ActSpace', 'Env', 'VecEnv', 'make_env', 'make_vec_env', 'env_seed',
+    'check_action', 'parse_task']
+
+SUITES = ['atari', 'dmc']
+MODES = ('train', 'eval')
+
+
+def env_seed(seed: int, mode: str, index: int) -> int:
+  """Seed of environment `index` of `mode` in a run seeded `seed` (see module docstring)."""
+  if mode not in MODES:
+    raise ValueError(f"Unknown env mode '{mode}'; valid modes: {', '.join(MODES)}.")
+  words = np.random.SeedSequence([int(seed), MODES.index(mode), int(index)]).generate_state(1)
+  return int(words[0])
+
+
+def parse_task(task: str) -> tuple[str, str]:
+  """'atari_pong' -> ('atari', 'pong'); 'dmc_walker_walk' -> ('dmc', 'walker_walk').
+
+  Raises:
+    ValueError: for a task whose suite is unknown, listing valid suites and examples.
+  """
+  suite, _, name = str(task).partition('_')
+  if suite not in SUITES or not name:
+    raise ValueError(
+        f"Unknown task '{task}': expected <suite>_<name> with suite in {SUITES}, e.g. "
+        f"atari_pong, atari_james_bond, dmc_walker_walk, dmc_cheetah_run.")
+  return suite, name
+
+
+def _settings(config: Mapping[str, Any]) -> dict[str, Any]:
+  """The config values the env builders need, as plain picklable values."""
+  return dict(
+      size=tuple(int(s) for s in config['render_size']),
+      camera=int(config['dmc_camera']),
+      grayscale=bool(config['atari_grayscale']),
+      sticky=float(config['atari_sticky']),
+      full_action_space=bool(config['atari_full_action_space']),
+      time_limit=int(config['time_limit']),
+      action_repeat=int(config['action_repeat']),
+  )
+
+
+def _build(suite: str, name: str, settings: dict[str, Any], spaces=None) -> TransitionWrapper:
+  """Builds one transition env in this process (worker-side for DMC)."""
+  from dreamerv2_tf.envs import atari, dmc  # pylint: disable=g-import-not-at-top
+  s = settings
+  if suite == 'atari':
+    return atari.make_atari(
+        name, s['size'], s['grayscale'], s['sticky'], s['full_action_space'],
+        s['action_repeat'], s['time_limit'])
+  return dmc.build_dmc(
+      name, s['size'], s['camera'], s['action_repeat'], s['time_limit'], spaces)
+
+
+def make_env(task: str, config: Mapping[str, Any], mode: str = 'train',
+             seed: int | None = None) -> Env:
+  """One environment for `task` (SPEC.md §1, §2). See the module docstring.
+
+  Args:
+    task: e.g. 'atari_pong', 'dmc_walker_walk'.
+    config: the run config (keys listed in the module docstring).
+    mode: 'train' or 'eval' (only changes the derived seed).
+    seed: the run's seed; None uses config.seed. The env gets env_seed(seed, mode, 0).
+
+  Raises:
+    ValueError: unknown suite, game, domain or task, or a bad config value.
+  """
+  suite, name = parse_task(task)
+  seed = int(config['seed']) if seed is None else int(seed)
+  settings = _settings(config)
+  if suite == 'atari':
+    gym_env = _build(suite, name, settings)
+    act_space = gym_env.act_space
+  else:
+    from dreamerv2_tf.envs import dmc  # pylint: disable=g-import-not-at-top
+    dmc.split_task(name)
+    gym_env = ProcessEnv(functools.partial(_build, suite, name, settings))
+    act_space = ActSpace(False, int(gym_env.action_space.shape[0]))
+  return Env(gym_env, act_space, env_seed(seed, mode, 0))
+
+
+class VecEnv:
+  """`num` environments stepped together; arrays are batch-major [N, ...].
+
+  Attributes:
+    num: number of environments.
+    obs_space: {key: (shape, dtype)} of one environment's transition.
+    act_space: ActSpace of one environment.
+  """
+
+  def __init__(self, task: str, config: Mapping[str, Any], mode: str = 'train', num: int = 1,
+               seed: int | None = None):
+    if int(num) < 1:
+      raise ValueError(f'Number of environments must be >= 1, got {num}.')
+    self.num = int(num)
+    suite, name = parse_task(task)
+    seed = int(config['seed']) if seed is None else int(seed)
+    self._seeds = [env_seed(seed, mode, i) for i in range(self.num)]
+    self._last = np.zeros(self.num, bool)
+    self._seeded = False
+    if self.num == 1:
+      self._env = make_env(task, config, mode, seed)
+      self._vec = None
+      self.obs_space, self.act_space = self._env.obs_space, self._env.act_space
+      return
+    settings = _settings(config)
+    spaces = None
+    if suite == 'dmc':
+      from dreamerv2_tf.envs import dmc  # pylint: disable=g-import-not-at-top
+      dmc.split_task(name)
+      spaces = dmc.probe_spaces(name, settings['size'], settings['camera'],
+                                settings['action_repeat'])
+    fns = [functools.partial(_build, suite, name, settings, spaces) for _ in range(self.num)]
+    with hidden_main_module():
+      self._vec = gym.vector.AsyncVectorEnv(
+          fns, context='spawn', autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+    self._env = None
+    self.obs_space = obs_space_of(self._vec.single_observation_space)
+    discrete = suite == 'atari'
+    self.act_space = ActSpace(discrete, int(self._vec.single_action_space.shape[0]))
+
+  def reset(self) -> dict[str, np.ndarray]:
+    """Resets every env; returns their first transitions, {key: [N, ...]}."""
+    if self._vec is None:
+      obs = self._env.reset()
+      batch = {k: np.asarray(v)[None] for k, v in obs.items()}
+    else:
+      seeds = None if self._seeded else self._seeds
+      obs, _ = self._vec.reset(seed=seeds)
+      batch = dict(obs)
+    self._seeded = True
+    self._last = np.array(batch['is_last'], bool)
+    return batch
+
+  def step(self, actions: np.ndarray) -> dict[str, np.ndarray]:
+    """Steps every env with actions [N, A]; returns the next transitions, {key: [N, ...]}.
+
+    An env whose previous transition was last returns its reset transition (auto-reset).
+
+    Raises:
+      ValueError: for actions of the wrong shape, or an invalid action (see check_action).
+    """
+    actions = np.asarray(actions, np.float32)
+    if actions.shape != (self.num, self.act_space.size):
+      raise ValueError(
+          f'Actions have shape {actions.shape}; expected ({self.num}, {self.act_space.size}).')
+    if self._vec is None:
+      obs = self._env.reset() if self._last[0] else self._env.step(actions[0])
+      batch = {k: np.asarray(v)[None] for k, v in obs.items()}
+    else:
+      for i in np.flatnonzero(~self._last):  # check in the parent: clearer errors
+        check_action(actions[i], self.act_space)
+      obs, _, _, _, _ = self._vec.step(actions)
+      batch = dict(obs)
+    self._last = np.array(batch['is_last'], bool)
+    return batch
+
+  def close(self) -> None:
+    if self._vec is not None:
+      self._vec.close()
+    if self._env is not None:
+      self._env.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+def make_vec_env(task: str, config: Mapping[str, Any], mode: str = 'train', num: int = 1,
+                 seed: int | None = None) -> VecEnv:
+  """`num` environments for `task` (see VecEnv and the module docstring for seeds)."""
+  return VecEnv(task, config, mode, num, seed)

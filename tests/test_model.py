@@ -1,0 +1,342 @@
+"""World model, actor-critic and agent: values worked out by hand from SPEC.md §3–§5."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dreamerv2_tf import dists, nets
+from dreamerv2_tf.actor_critic import lambda_return
+from dreamerv2_tf.agent import ActSpace, Agent
+from dreamerv2_tf.config import load_config
+from dreamerv2_tf.schedule import parse, schedule
+from dreamerv2_tf.world_model import discount_weights, preprocess_image
+
+PONG_OBS = {'image': ((64, 64, 1), np.uint8)}
+PONG_ACT = ActSpace(discrete=True, size=6)
+
+
+def make_agent(*names, **overrides):
+  config = load_config(names, overrides)
+  return Agent(config, PONG_OBS, PONG_ACT, tf.Variable(0, dtype=tf.int64)), config
+
+
+def random_batch(batch, length, seed=0, actions=6):
+  rng = np.random.default_rng(seed)
+  data = {
+      'image': rng.integers(0, 256, (batch, length, 64, 64, 1), dtype=np.uint8),
+      'action': np.eye(actions, dtype=np.float32)[rng.integers(0, actions, (batch, length))],
+      'reward': rng.normal(size=(batch, length)).astype(np.float32),
+      'is_first': np.zeros((batch, length), bool),
+      'is_terminal': np.zeros((batch, length), bool),
+  }
+  data['is_first'][:, 0] = True
+  data['action'][:, 0] = 0
+  return data
+
+
+def test_pong_parameter_counts():
+  agent, _ = make_agent('atari')
+  counts = agent.param_counts()
+  assert counts['world_model'] == 19_968_179
+  assert counts['encoder'] == 1_549_776
+  assert counts['rssm'] == 5_657_648
+  assert counts['decoder'] == 10_497_553
+  assert counts['reward'] == counts['discount'] == 1_131_601
+  assert counts['actor'] == 1_133_606
+  assert counts['critic'] == 1_131_601
+  target = agent.ac.target_critic
+  assert not target.trainable_variables
+  assert sum(math.prod(v.shape) for v in target.variables) == 1_131_601
+
+
+@pytest.mark.parametrize('lam, expected', [
+    (0.0, [11.0, 17.0, 23.0]),
+    (1.0, [7.75, 13.5, 23.0]),
+    (0.95, [7.995625, 13.675, 23.0]),
+])
+def test_lambda_return_by_hand(lam, expected):
+  reward = tf.constant([1.0, 2.0, 3.0])
+  value = tf.constant([10.0, 20.0, 30.0])
+  discount = tf.constant([0.5, 0.5, 0.5])
+  out = lambda_return(reward, value, discount, tf.constant(40.0), lam)
+  np.testing.assert_allclose(out.numpy(), expected, rtol=1e-6)
+
+
+def test_lambda_return_other_axis_matches_time_major():
+  rng = np.random.default_rng(1)
+  r, v, d = (tf.constant(rng.normal(size=(5, 3)), tf.float32) for _ in range(3))
+  boot = tf.constant(rng.normal(size=(3,)), tf.float32)
+  time_major = lambda_return(r, v, d, boot, 0.95, axis=0)
+  batch_major = lambda_return(tf.transpose(r), tf.transpose(v), tf.transpose(d), boot, 0.95,
+                              axis=1)
+  np.testing.assert_allclose(tf.transpose(batch_major).numpy(), time_major.numpy(), rtol=1e-6)
+
+
+def test_imagination_weights_per_column():
+  discount = tf.constant([[0.9, 0.5, 1.0]] * 4)
+  weight = discount_weights(discount).numpy()
+  np.testing.assert_allclose(weight[0], [1.0, 1.0, 1.0])
+  np.testing.assert_allclose(weight[1], [0.9, 0.5, 1.0])
+  np.testing.assert_allclose(weight[2], [0.81, 0.25, 1.0], rtol=1e-6)
+  changed = discount.numpy().copy()
+  changed[:, 1] = 0.1
+  other = discount_weights(tf.constant(changed)).numpy()
+  np.testing.assert_allclose(other[:, [0, 2]], weight[:, [0, 2]])
+
+
+def _rssm():
+  return nets.RSSM(action_size=3, embed_size=8, deter=16, hidden=16, stoch=4, discrete=5)
+
+
+def test_kl_balancing_gradients():
+  rssm = _rssm()
+  rng = np.random.default_rng(0)
+  post_logit = tf.constant(rng.normal(size=(2, 3, 4, 5)), tf.float32)
+  prior_logit = tf.constant(rng.normal(size=(2, 3, 4, 5)), tf.float32)
+
+  def grads(fn):
+    with tf.GradientTape(persistent=True) as tape:
+      tape.watch([post_logit, prior_logit])
+      loss = fn({'logit': post_logit}, {'logit': prior_logit})
+    return tape.gradient(loss, post_logit), tape.gradient(loss, prior_logit), loss
+
+  full = lambda post, prior: tf.reduce_mean(
+      rssm.get_dist(post).kl_divergence(rssm.get_dist(prior)))
+  balanced = lambda post, prior: rssm.kl_loss(post, prior, balance=0.8, free=0.0)[0]
+  g_post_full, g_prior_full, value_full = grads(full)
+  g_post, g_prior, value = grads(balanced)
+  np.testing.assert_allclose(value.numpy(), value_full.numpy(), rtol=1e-6)
+  np.testing.assert_allclose(g_prior.numpy(), 0.8 * g_prior_full.numpy(), rtol=1e-5, atol=1e-8)
+  np.testing.assert_allclose(g_post.numpy(), 0.2 * g_post_full.numpy(), rtol=1e-5, atol=1e-8)
+
+
+def test_kl_free_nats_clamps_with_zero_gradient():
+  rssm = _rssm()
+  # One categorical differs: post = [a, 0, ...] logits against uniform prior; tune a so the
+  # mean KL is 0.5 nats.
+  base = np.zeros((1, 1, 4, 5), np.float32)
+  probs = lambda a: np.exp([a, 0, 0, 0, 0]) / np.exp([a, 0, 0, 0, 0]).sum()
+  kl_of = lambda a: float((probs(a) * np.log(probs(a) * 5)).sum())
+  lo, hi = 0.0, 10.0
+  for _ in range(60):
+    mid = (lo + hi) / 2
+    lo, hi = (mid, hi) if kl_of(mid) < 0.5 else (lo, mid)
+  base[0, 0, 0, 0] = lo
+  post_logit = tf.constant(base)
+  prior_logit = tf.zeros_like(post_logit)
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch([post_logit, prior_logit])
+    loss, value = rssm.kl_loss({'logit': post_logit}, {'logit': prior_logit}, balance=0.8,
+                               free=1.0)
+  np.testing.assert_allclose(value.numpy(), [[0.5]], rtol=1e-4)
+  assert float(loss) == 1.0
+  for grad in tape.gradient(loss, [post_logit, prior_logit]):
+    assert grad is None or not np.any(grad.numpy())
+
+
+def test_obs_step_is_first_ignores_previous_state_and_action():
+  rssm = _rssm()
+  rng = np.random.default_rng(0)
+  embed = tf.constant(rng.normal(size=(2, 8)), tf.float32)
+  is_first = tf.constant([True, True])
+  outs = []
+  for seed in range(3):
+    r = np.random.default_rng(seed + 10)
+    prev = {'deter': tf.constant(r.normal(size=(2, 16)), tf.float32),
+            'stoch': tf.constant(r.normal(size=(2, 4, 5)), tf.float32),
+            'logit': tf.constant(r.normal(size=(2, 4, 5)), tf.float32)}
+    action = tf.constant(r.normal(size=(2, 3)), tf.float32)
+    post, prior = rssm.obs_step(prev, action, embed, is_first, sample=False)
+    outs.append((post, prior))
+  for post, prior in outs[1:]:
+    for key in ('deter', 'stoch', 'logit'):
+      np.testing.assert_array_equal(post[key].numpy(), outs[0][0][key].numpy())
+      np.testing.assert_array_equal(prior[key].numpy(), outs[0][1][key].numpy())
+  # Without is_first the previous state matters.
+  post_a, _ = rssm.obs_step(rssm.initial(2), tf.zeros([2, 3]), embed, tf.constant([False] * 2),
+                            sample=False)
+  prev = {k: v + 1.0 for k, v in rssm.initial(2).items()}
+  post_b, _ = rssm.obs_step(prev, tf.zeros([2, 3]), embed, tf.constant([False] * 2),
+                            sample=False)
+  assert not np.allclose(post_a['deter'].numpy(), post_b['deter'].numpy())
+
+
+def test_observe_reset_mid_sequence_matches_fresh_start():
+  rssm = _rssm()
+  rng = np.random.default_rng(3)
+  embed = tf.constant(rng.normal(size=(2, 8, 8)), tf.float32)
+  action = tf.constant(rng.normal(size=(2, 8, 3)), tf.float32)
+  is_first = np.zeros((2, 8), bool)
+  is_first[:, 0] = True
+  is_first[:, 4] = True
+  post, prior = rssm.observe(embed, action, tf.constant(is_first), sample=False)
+  fresh_post, fresh_prior = rssm.observe(embed[:, 4:], action[:, 4:],
+                                         tf.constant(is_first[:, 4:]), sample=False)
+  for key in ('deter', 'stoch', 'logit'):
+    np.testing.assert_allclose(post[key][:, 4:].numpy(), fresh_post[key].numpy(), atol=1e-6)
+    np.testing.assert_allclose(prior[key][:, 4:].numpy(), fresh_prior[key].numpy(), atol=1e-6)
+  # observe equals chaining obs_step by hand.
+  state = rssm.initial(2)
+  for t in range(8):
+    state, step_prior = rssm.obs_step(state, action[:, t], embed[:, t], is_first[:, t],
+                                      sample=False)
+    np.testing.assert_allclose(state['logit'].numpy(), post['logit'][:, t].numpy(), atol=1e-6)
+    np.testing.assert_allclose(step_prior['logit'].numpy(), prior['logit'][:, t].numpy(),
+                               atol=1e-6)
+
+
+def test_imagine_equals_chained_img_step():
+  rssm = _rssm()
+  rng = np.random.default_rng(4)
+  action = tf.constant(rng.normal(size=(2, 5, 3)), tf.float32)
+  start = {'deter': tf.constant(rng.normal(size=(2, 16)), tf.float32),
+           'stoch': tf.one_hot(rng.integers(0, 5, (2, 4)), 5),
+           'logit': tf.zeros([2, 4, 5])}
+  seq = rssm.imagine(action, start, sample=False)
+  state = start
+  for t in range(5):
+    state = rssm.img_step(state, action[:, t], sample=False)
+    for key in ('deter', 'stoch', 'logit'):
+      np.testing.assert_allclose(seq[key][:, t].numpy(), state[key].numpy(), atol=1e-6)
+  assert not np.allclose(seq['deter'][:, 0].numpy(), seq['deter'][:, 1].numpy())
+
+
+def test_gru_cell_formula_by_hand():
+  cell = nets.GRUCell(in_size=2, size=3)
+  rng = np.random.default_rng(5)
+  for v in cell.trainable_variables:
+    v.assign(rng.normal(size=v.shape).astype(np.float32))
+  x = rng.normal(size=(1, 2)).astype(np.float32)
+  h = rng.normal(size=(1, 3)).astype(np.float32)
+  kernel, bias = cell.dense.kernel.numpy(), cell.dense.bias.numpy()
+  gamma, beta = cell.norm.gamma.numpy(), cell.norm.beta.numpy()
+  parts = np.concatenate([x, h], -1) @ kernel + bias
+  mean, var = parts.mean(-1, keepdims=True), parts.var(-1, keepdims=True)
+  parts = (parts - mean) / np.sqrt(var + 1e-3) * gamma + beta
+  r, c, u = np.split(parts, 3, -1)
+  sig = lambda z: 1 / (1 + np.exp(-z))
+  r = sig(r)
+  c = np.tanh(r * c)
+  u = sig(u - 1)
+  expected = u * c + (1 - u) * h
+  np.testing.assert_allclose(cell(x, h).numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_discount_targets_and_image_preprocessing():
+  agent, _ = make_agent('atari', 'debug')
+  data = random_batch(1, 4)
+  data['is_terminal'][0, 2] = True
+  data['image'][0, 0] = 0
+  data['image'][0, 1] = 255
+  pre = agent.wm.preprocess(data)
+  np.testing.assert_allclose(pre['discount'].numpy(), [[0.999, 0.999, 0.0, 0.999]], rtol=1e-7)
+  assert float(tf.reduce_max(pre['image'][0, 0])) == -0.5
+  assert float(tf.reduce_min(pre['image'][0, 1])) == 0.5
+  np.testing.assert_array_equal(preprocess_image(data['image']).numpy(), pre['image'].numpy())
+  np.testing.assert_allclose(pre['reward'].numpy(), np.tanh(data['reward']), rtol=1e-6)
+
+
+def test_straight_through_one_hot():
+  logits = tf.constant(np.random.default_rng(0).normal(size=(64, 7)), tf.float32)
+  weights = tf.constant(np.random.default_rng(1).normal(size=(64, 7)), tf.float32)
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch(logits)
+    dist = dists.OneHotDist(logits)
+    sample = dist.sample()
+    probs = dist.probs_parameter()
+    via_sample = tf.reduce_sum(sample * weights)
+    via_probs = tf.reduce_sum(probs * weights)
+  values = sample.numpy()
+  assert set(np.unique(values)) <= {0.0, 1.0}
+  np.testing.assert_array_equal(values.sum(-1), np.ones(64))
+  np.testing.assert_allclose(tape.gradient(via_sample, logits).numpy(),
+                             tape.gradient(via_probs, logits).numpy(), rtol=1e-6, atol=1e-7)
+  np.testing.assert_array_equal(dist.mode().numpy(),
+                                np.eye(7)[np.argmax(logits.numpy(), -1)])
+  # log_prob does not differentiate into the event (SPEC.md §8).
+  event = tf.Variable(np.eye(7, dtype=np.float32)[np.zeros(64, int)])
+  with tf.GradientTape() as tape:
+    lp = tf.reduce_sum(dists.OneHotDist(logits).log_prob(event))
+  assert tape.gradient(lp, event) is None
+
+
+def test_truncated_normal_actor_samples_inside_bounds():
+  mean = tf.constant(np.full((1000, 2), 5.0), tf.float32)
+  dist = dists.action_dist('trunc_normal', mean, tf.zeros_like(mean))
+  sample = dist.sample().numpy()
+  assert sample.min() > -1.0 and sample.max() < 1.0
+  # loc = tanh(5), scale = 2·σ(0) + 0.1 = 1.1.
+  np.testing.assert_allclose(dist.distribution.loc.numpy()[0], np.tanh(5.0), rtol=1e-6)
+  np.testing.assert_allclose(dist.distribution.scale.numpy()[0], 1.1, rtol=1e-6)
+
+
+def test_schedules():
+  assert parse('1e-3') == ('constant', (1e-3,))
+  np.testing.assert_allclose(float(schedule('linear(1.0,0.0,100)', 25)), 0.75)
+  np.testing.assert_allclose(float(schedule('linear(1.0,0.0,100)', 1000)), 0.0)
+  np.testing.assert_allclose(float(schedule('warmup(100,2.0)', 50)), 1.0)
+  np.testing.assert_allclose(float(schedule('exp(1.0,0.0,10)', 10)), 0.5)
+  np.testing.assert_allclose(float(schedule('horizon(10,100,100)', 0)), 0.9)
+  with pytest.raises(ValueError, match='linear'):
+    parse('linear(1, 2)')
+
+
+def test_target_critic_copied_after_first_update_then_every_period():
+  agent, _ = make_agent('atari', 'debug', slow_target_update=2)
+  data = random_batch(2, 10)
+  critic, target = agent.ac.critic, agent.ac.target_critic
+  assert not np.allclose(critic.variables[0].numpy(), target.variables[0].numpy())
+  agent.train(data)  # updates 0 → copy after the critic step.
+  np.testing.assert_array_equal(critic.variables[0].numpy(), target.variables[0].numpy())
+  agent.train(data)  # updates 1 → no copy.
+  assert not np.allclose(critic.variables[0].numpy(), target.variables[0].numpy())
+  agent.train(data)  # updates 2 → copy.
+  np.testing.assert_array_equal(critic.variables[0].numpy(), target.variables[0].numpy())
+  assert int(agent.updates) == 3
+  assert int(agent.wm.opt.iterations) == 3
+
+
+def test_weight_decay_and_clip_order():
+  from dreamerv2_tf.optim import Optimizer
+  var = tf.Variable([3.0, 4.0])
+  opt = Optimizer('test', [var], lr=0.0, eps=1e-5, clip=1.0, wd=0.5)
+  metrics = opt.apply([tf.constant([30.0, 40.0])])
+  # Norm logged before clipping; lr 0 leaves only the decay w ← (1 − wd)·w.
+  np.testing.assert_allclose(float(metrics['test_grad_norm']), 50.0)
+  np.testing.assert_allclose(var.numpy(), [1.5, 2.0])
+
+
+def test_policy_modes_and_reset():
+  agent, _ = make_agent('atari', 'debug')
+  data = random_batch(1, 3)
+  obs = {'image': data['image'][:, 0].repeat(2, 0), 'is_first': np.array([True, True])}
+  out, state = agent.policy(obs, None, mode='eval')
+  action = out['action'].numpy()
+  np.testing.assert_array_equal(action.sum(-1), [1.0, 1.0])
+  assert state['deter'].shape == (2, 32) and state['stoch'].shape == (2, 4, 4)
+  with pytest.raises(ValueError, match='explore'):
+    agent.policy(obs, state, mode='explore')
+
+
+def test_debug_model_fits_a_fixed_batch():
+  """200 updates on one fixed batch halve the reconstruction error (the model can fit)."""
+  agent, config = make_agent('atari', 'debug')
+  data = random_batch(2, 10, seed=7)
+  # Smooth, learnable frames: a moving bright square on a dark background.
+  image = np.zeros((2, 10, 64, 64, 1), np.uint8)
+  for b in range(2):
+    for t in range(10):
+      y, x = 8 + 3 * t, 10 + 2 * t + 20 * b
+      image[b, t, y:y + 12, x:x + 12] = 200
+  data['image'] = image
+  constant = 64 * 64 * 0.5 * math.log(2 * math.pi)
+  first = agent.train(data)
+  for _ in range(199):
+    last = agent.train(data)
+  before = float(first['image_loss']) - constant
+  after = float(last['image_loss']) - constant
+  assert np.isfinite(after) and after < 0.5 * before, (before, after)
