@@ -6,8 +6,8 @@ applies each named overlay in order, then each override. Nested dicts in an over
 into the defaults key by key; a dotted key (`model_opt.lr: 2e-4`) sets one leaf.
 
 Every value keeps the type of its default (SPEC.md §6: every step-like key is in agent
-steps). Float keys also accept schedule strings is NOT done here: schedulable keys
-(`actor_ent`, `actor_grad_mix`) are strings by default and parsed by `schedule.py`.
+steps). Schedulable keys (`actor_ent`, `actor_grad_mix`) are strings by default and are
+parsed by `schedule.py`.
 
 Errors (all `ConfigError`, a `ValueError`): an unknown key (names the closest valid keys),
 a value of the wrong type (names the key, the value and the expected type), an unknown
@@ -127,6 +127,7 @@ class Config(Mapping):
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix='.tmp-', suffix='.yaml')
     with os.fdopen(fd, 'w') as f:
       f.write(buf.getvalue())
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; the config is meant to be shared.
     os.replace(tmp, path)
 
 

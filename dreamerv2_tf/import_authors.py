@@ -18,7 +18,8 @@ reads the two files the authors' `train.py` writes into its logdir (PyPI `dreame
 and writes into DIR this project's `config.yaml` and a checkpoint in the training loop's format
 (`checkpoint.Checkpointer`: `step`, `agent`, `tf_rng`, `host`, under `DIR/checkpoints/ckpt-<step>`),
 plus `authors_import.json` (provenance: source files, sha256, unused keys, dropped variables), so
-that `python -m dreamerv2_tf.evaluate DIR`, the export and `train.py --logdir DIR` (continuing)
+that `python -m dreamerv2_tf.evaluate --logdir DIR`, `python -m dreamerv2_tf.export --logdir DIR
+--out ...` and `train.py --logdir DIR` (continuing, with the printed flags)
 work on it. The authors' `tfstep` becomes the agent-step counter (agent steps, as in their
 `train.py`); `_task_behavior/_updates` becomes `agent.updates`. The authors do not save optimiser
 state (Adam moments, iteration counts): a continued run starts with fresh optimisers, exactly as

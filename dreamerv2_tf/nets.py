@@ -109,6 +109,7 @@ class Decoder(keras.layers.Layer):
     # conv2d_transpose kernel is ~40× slower on this shape, so compute it directly (same
     # variables, same result).
     first = self.convs[0]
+    x = tf.reshape(x, [-1, x.shape[-1]])  # [N, 32·depth] for any number of batch dims
     x = tf.einsum('nc,ijoc->nijo', x, tf.cast(first.kernel, x.dtype))
     x = x + tf.cast(first.bias, x.dtype)
     if first.activation is not None:

@@ -184,6 +184,8 @@ def train_metrics(imported, inputs: Mapping[str, np.ndarray]) -> dict[str, float
 def check_fixture(folder: str | pathlib.Path, with_train: bool = True) -> dict:
   """Imports a fixture folder and compares every array of its outputs.npz.
 
+  Disables TensorFloat-32 execution for the rest of the process (see the comment below).
+
   Returns:
     {'errors': {name: relative error}, 'max_rel_error': float, 'passed': bool,
      'worst': name, 'train_metrics': {name: (fixture value, this project's value)}}.
@@ -191,8 +193,12 @@ def check_fixture(folder: str | pathlib.Path, with_train: bool = True) -> dict:
     ParityError: a missing file, an import error, or an array of outputs.npz that this command
       does not know how to recompute (names it).
   """
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from dreamerv2_tf import import_authors  # pylint: disable=import-outside-toplevel
   folder = pathlib.Path(folder)
+  # The reference is float32; TF computes float32 matmuls and convolutions in TensorFloat-32
+  # (10-bit mantissa) on Ampere and newer GPUs unless told otherwise. No effect on CPUs.
+  tf.config.experimental.enable_tensor_float_32_execution(False)
   for name in ('variables.pkl', 'config.yaml', 'inputs.npz', 'outputs.npz'):
     if not (folder / name).exists():
       raise ParityError(f'{folder} has no {name}; a fixture folder holds variables.pkl, '
