@@ -2,14 +2,16 @@
 
     python -m dreamerv2_tf.export --logdir DIR --out EXPORT_DIR [--version N]
 
-Loads `<logdir>/config.yaml` and the latest checkpoint in `<logdir>/checkpoints` and writes
-`EXPORT_DIR/<N>/` (N: the next free integer unless given), the layout TF Serving watches
-(`--model_base_path=EXPORT_DIR`). Only what acting needs is exported: the encoder, the RSSM and
-the actor, as the raw float32 variables of those Keras layers held by a plain `tf.Module`
-(`PolicyModule`); a plain `tf.saved_model.save` of Keras 3 layers fails TF1's session loader,
-the loader TF Serving uses (../shared/STACK.md). The serving functions call the agent's own
-layers and distributions while tracing, so they compute what the agent computes; they are
-ordinary (non-XLA) TF graphs and always compute in float32, whatever precision trained them.
+Loads `<logdir>/config.yaml` and, from the latest checkpoint in `<logdir>/checkpoints`, the
+agent step and the variables of the layers it exports (not the optimisers, so a run trained in
+mixed float16 exports as well), and writes `EXPORT_DIR/<N>/` (N: the next free integer unless
+given), the layout TF Serving watches (`--model_base_path=EXPORT_DIR`). Only what acting needs
+is exported: the encoder, the RSSM and the actor, as the raw float32 variables of those Keras
+layers held by a plain `tf.Module` (`PolicyModule`); a plain `tf.saved_model.save` of Keras 3
+layers fails TF1's session loader, the loader TF Serving uses (../shared/STACK.md). The serving
+functions call the agent's own layers and distributions while tracing, so they compute what the
+agent computes; they are ordinary (non-XLA) TF graphs and always compute in float32, whatever
+precision trained them.
 
 Signatures (every input and output a flat named tensor; B is any batch size; D = rssm.deter,
 S = rssm.stoch, K = rssm.discrete, A = action size, H×W×C the image shape of the task):
@@ -56,7 +58,6 @@ from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
 from dreamerv2_tf import dists, envs
 from dreamerv2_tf.agent import Agent
-from dreamerv2_tf.checkpoint import Checkpointer
 from dreamerv2_tf.config import ConfigError
 from dreamerv2_tf.evaluate import load_run_config
 from dreamerv2_tf.world_model import preprocess_image
@@ -112,10 +113,6 @@ def build_policy_module(agent, image_shape) -> Any:
   deter_size, stoch_size, classes = rssm.deter, rssm.stoch, rssm.classes
   action_size = int(agent.action_size)
 
-  def exact_one_hot(x):
-    # Straight-through samples are one-hot only up to float rounding ((1 + p) − p).
-    return tf.one_hot(tf.argmax(x, -1), x.shape[-1], dtype=tf.float32)
-
   def step(image, is_first, deter, stoch, prev_action, seed=None):
     batch = tf.shape(image)[0]
     checks = [
@@ -136,12 +133,10 @@ def build_policy_module(agent, image_shape) -> Any:
       # Two independent int32 seed pairs (TFP's stateless seed dtype) from the int64 seed.
       seeds = tf.random.stateless_uniform([2, 2], seed=seed, minval=None, maxval=None,
                                           dtype=tf.int32)
-      new_stoch = exact_one_hot(dists.categorical_latent(post['logit']).sample(seed=seeds[0]))
+      new_stoch = dists.categorical_latent(post['logit']).sample(seed=seeds[0])
     feat = rssm.get_feat({'deter': post['deter'], 'stoch': new_stoch})
     dist = ac.policy(feat)
     action = tf.cast(dist.mode() if seed is None else dist.sample(seed=seeds[1]), tf.float32)
-    if discrete and seed is not None:
-      action = exact_one_hot(action)
     outputs = {'action': action}
     if discrete:
       outputs['action_index'] = tf.argmax(action, -1, output_type=tf.int64)
@@ -315,15 +310,15 @@ def _restore_agent(logdir: pathlib.Path, checkpoint: str):
     env.close()
   step = tf.Variable(0, dtype=tf.int64, trainable=False, name='agent_step')
   agent = Agent(config, obs_space, act_space, step)
-  checkpointer = Checkpointer(pathlib.Path(checkpoint).parent, step, agent=agent)
+  # Only the step and the exported layers are restored, by the paths the training loop's
+  # checkpoint gives them (`Checkpointer(step=..., agent=...)`): the optimisers of a float32
+  # agent do not match those of a mixed-float16 run (loss scaling), and export needs none of
+  # them. `assert_existing_objects_matched` fails unless every exported variable was found.
+  ckpt = tf.train.Checkpoint
+  partial = ckpt(step=step, agent=ckpt(
+      wm=ckpt(encoder=agent.wm.encoder, rssm=agent.wm.rssm), ac=ckpt(actor=agent.ac.actor)))
   try:
-    checkpointer.restore(checkpoint).expect_partial()
-    # Every variable of the exported layers must come from the checkpoint: a partial tree
-    # with the agent's attribute names restores only those and asserts they all matched.
-    ckpt = tf.train.Checkpoint
-    narrow = ckpt(step=step, agent=ckpt(
-        wm=ckpt(encoder=agent.wm.encoder, rssm=agent.wm.rssm), ac=ckpt(actor=agent.ac.actor)))
-    narrow.restore(checkpoint).expect_partial().assert_existing_objects_matched()
+    partial.restore(checkpoint).expect_partial().assert_existing_objects_matched()
   except (AssertionError, ValueError, tf.errors.OpError) as e:
     raise ExportError(f'Checkpoint {checkpoint} does not fit the agent of '
                       f'{logdir / "config.yaml"}: {" ".join(str(e).split())[:600]}') from e
@@ -399,7 +394,6 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--version', type=int, default=None,
                       help='version number (default: the next free integer, 1 for a new folder)')
   args = parser.parse_args(argv)
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   try:
     export_policy(args.logdir, args.out, args.version)
   except ExportError as e:

@@ -252,7 +252,7 @@ def check_model(signatures: SignatureInfo, signature: str, obs_space: Mapping[st
   if model_image is None or tuple(model_image[1:]) != image_shape:
     raise ServingError(f'The model takes images of shape {model_image and model_image[1:]}; '
                        f'the task gives {image_shape}.')
-  model_actions = inputs['prev_action'][1][-1]
+  model_actions = inputs['prev_action'][1] and inputs['prev_action'][1][-1]
   if model_actions != int(act_space.size):
     raise ServingError(f'The model has {model_actions} actions; the task has {act_space.size}.')
 
