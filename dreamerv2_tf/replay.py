@@ -6,7 +6,8 @@ transitions. Dtypes are normalised on save: floats -> float32, signed ints -> in
 bool kept.
 
 Files. `save_episode` writes one compressed `.npz` per episode, named
-`{timestamp}-{uuid}-{length}.npz` (timestamp `%Y%m%dT%H%M%S`, UTC), atomically: a temporary file
+`{timestamp}-{uuid}-{length}.npz` (timestamp `%Y%m%dT%H%M%S%f`, UTC, microseconds so that
+names sort in saving order), atomically: a temporary file
 in the same folder, then `os.replace`. `load_episodes` reads a folder back (newest files first
 when a capacity is given) and skips, with a warning naming the file, anything that is not a
 readable episode: corrupt or truncated zips, foreign `.npz` files, arrays of unequal length,
@@ -15,8 +16,9 @@ object arrays. Nothing on disk is ever deleted or rewritten by this module.
 Replay. `Replay(directory, capacity, minlen)` loads the folder's episodes on construction (a
 restarted run resumes), takes new ones through `add_step` (per-worker accumulation, saved on
 `is_last`) or `add_episode`, and evicts the oldest episodes from memory (never from disk) when
-the stored agent steps exceed `capacity`. Episodes shorter than `minlen` are neither saved nor
-stored; a log line says so.
+the stored agent steps would exceed `capacity`. Episodes shorter than `minlen` are neither saved
+nor stored; a log line says so. Memory holds the non-`log_` keys in CPU tf.Variables (a ring
+buffer of steps, see `Replay`).
 
 Sampling (`Replay.dataset`), exactly SPEC.md §6, per sequence:
   episode  ~ uniform over stored episodes with L >= T (whatever their length),
@@ -25,8 +27,8 @@ Sampling (`Replay.dataset`), exactly SPEC.md §6, per sequence:
   sequence = episode[start : start + T], with is_first[0] set True.
 With prioritize_ends the last window gets probability (T + 1) / (L + 1) instead of
 1 / (L - T + 1). (The authors' "randomised length" reduces to a fixed T because their replay uses
-minlen = maxlen = T; it is not a separate step here.) Batches are `{key: [B, T, ...]}`,
-`log_*` keys left out, built in numpy inside a generator and prefetched by tf.data.
+minlen = maxlen = T; it is not a separate step here.) Batches are `{key: [B, T, ...]}`, `log_*`
+keys left out, sampled and gathered in-graph with stateless random ops and prefetched.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import tempfile
 import threading
 import uuid
 import zipfile
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -110,7 +112,7 @@ def save_episode(directory: str | os.PathLike, episode: Mapping[str, Any]) -> pa
   episode = check_episode(episode)
   directory = pathlib.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
-  stamp = datetime.datetime.now(datetime.timezone.utc).strftime('%Y%m%dT%H%M%S')
+  stamp = datetime.datetime.now(datetime.timezone.utc).strftime('%Y%m%dT%H%M%S%f')
   path = directory / f'{stamp}-{uuid.uuid4().hex}-{episode_length(episode)}.npz'
   buffer = io.BytesIO()
   np.savez_compressed(buffer, **episode)
@@ -149,9 +151,8 @@ def load_episodes(directory: str | os.PathLike, capacity: int | None = None,
                   minlen: int = 1) -> dict[str, dict[str, np.ndarray]]:
   """Loads the episodes of a folder, oldest first.
 
-  Files are read newest first (by file name, whose timestamp sorts chronologically) until
-  `capacity` transitions are loaded (the episode that crosses it is included), then returned
-  oldest first. Files that fail to load are skipped with a warning naming them; episodes with
+  Files are read newest first (by file name, whose timestamp sorts chronologically) while the
+  loaded transitions stay within `capacity`, then returned oldest first. Files that fail to load are skipped with a warning naming them; episodes with
   fewer than `minlen` transitions are skipped with a log line. Nothing is deleted.
 
   Args:
@@ -169,8 +170,6 @@ def load_episodes(directory: str | os.PathLike, capacity: int | None = None,
                  reverse=True)
   loaded, steps = [], 0
   for path in paths:
-    if capacity is not None and steps >= capacity:
-      break
     try:
       episode = load_episode(path)
     except ValueError as e:
@@ -180,6 +179,8 @@ def load_episodes(directory: str | os.PathLike, capacity: int | None = None,
     if length < minlen:
       logger.info('Skipping episode file %s: %d transitions < minlen %d.', path, length, minlen)
       continue
+    if capacity is not None and steps + length > capacity:
+      break
     loaded.append((path.name, episode))
     steps += length
   return dict(reversed(loaded))
@@ -188,19 +189,35 @@ def load_episodes(directory: str | os.PathLike, capacity: int | None = None,
 class Replay:
   """Stores complete episodes on disk and in memory; samples training sequences (SPEC.md §6).
 
+  Memory layout: every non-`log_` key lives in one CPU `tf.Variable` of shape [alloc, ...] used
+  as a ring buffer of agent steps; episodes sit contiguously in insertion order, and a small
+  table variable [num_episodes, 2] holds each one's (offset, length). With a capacity the ring
+  is reserved whole at the first episode, uninitialised, so resident memory grows only as steps
+  are written (about 4.1 kB per Atari step; a 2M-step capacity reserves 8.3 GB of address
+  space); a new episode that does not fit evicts the oldest ones (from memory only; files stay
+  on disk) and overwrites their slots. Without a capacity the buffer doubles as needed (each
+  doubling copies). `log_` keys stay on disk only.
+  The tf.data pipeline samples and gathers entirely in-graph (no Python per batch), which is what
+  makes 16 x 50 Atari batches cheap on 2 cores (scripts/bench_data.py).
+
   Args:
     directory: episode folder (e.g. `<logdir>/train_episodes`); existing episodes are loaded.
-    capacity: maximum transitions (agent steps) held in memory; None for unbounded. The oldest
-      episodes are evicted first, always keeping the newest one; files stay on disk.
+    capacity: maximum transitions (agent steps) held in memory; None for unbounded. An episode
+      longer than the capacity is saved to disk but not held (a warning says so).
     minlen: episodes with fewer transitions are neither saved nor stored (a log line says so).
-    seed: seeds the sampling.
+    seed: seeds the sampling; dataset number k of this replay uses the stream (seed, k).
 
   Attributes:
     num_steps / num_episodes: transitions / episodes held in memory now.
     total_steps / total_episodes: ever added, episodes loaded at start included, not reduced by
       eviction.
+    spec: {key: (per-step shape, dtype)} of the stored (non-log) keys; None while empty.
 
-  Thread safety: `add_*` may run while a dataset iterator samples in tf.data's thread.
+  Construct it outside any `tf.distribute` strategy scope (its variables are plain CPU
+  variables). `add_*` may run while a dataset iterator samples in tf.data's threads; a sequence
+  drawn in the same instant its episode is evicted at capacity could mix in the newer episode's
+  steps (the window is one gather op; the authors' replay has no such window, but its Python
+  sampling is far slower).
   """
 
   def __init__(self, directory: str | os.PathLike, capacity: int | float | None = None,
@@ -218,12 +235,14 @@ class Replay:
     self.minlen = int(minlen)
     self.seed = int(seed)
     self._lock = threading.Lock()
-    self._episodes: list[dict[str, np.ndarray]] = []
-    self._names: list[str] = []
-    self._lengths: list[int] = []
+    self._entries: collections.deque[tuple[str, int, int]] = collections.deque()  # name, offset, L
     self._ongoing: dict[int, list[dict[str, np.ndarray]]] = collections.defaultdict(list)
     self._spec: dict[str, tuple[tuple[int, ...], np.dtype]] | None = None
+    self._storage: dict[str, Any] = {}
+    self._table = None
+    self._alloc = 0
     self._datasets = 0
+    self._sample_fns: dict[tuple[int, int, bool], Any] = {}
     self.num_steps = 0
     self.total_steps = 0
     self.total_episodes = 0
@@ -235,32 +254,109 @@ class Replay:
 
   @property
   def num_episodes(self) -> int:
-    return len(self._episodes)
+    return len(self._entries)
 
   @property
   def spec(self) -> dict[str, tuple[tuple[int, ...], np.dtype]] | None:
-    """{key: (per-step shape, dtype)} of the stored episodes; None while empty."""
     return self._spec
 
-  def _store(self, name: str, episode: dict[str, np.ndarray]) -> None:
-    spec = {k: (v.shape[1:], v.dtype) for k, v in episode.items()}
+  @property
+  def nbytes(self) -> int:
+    """Bytes allocated for the in-memory ring buffer (all keys)."""
     if self._spec is None:
-      self._spec = spec
-    elif spec != self._spec:
+      return 0
+    return self._alloc * self.bytes_per_step
+
+  @property
+  def bytes_per_step(self) -> int:
+    """Bytes of one stored transition (sum over the stored keys)."""
+    if self._spec is None:
+      return 0
+    return sum(int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+               for shape, dtype in self._spec.values())
+
+  def episode_names(self) -> list[str]:
+    """File names of the episodes held in memory, oldest first."""
+    return [name for name, _, _ in self._entries]
+
+  def _stored_spec(self, episode: Mapping[str, np.ndarray]):
+    return {k: (v.shape[1:], v.dtype) for k, v in episode.items() if not k.startswith('log_')}
+
+  def _check_spec(self, episode: Mapping[str, np.ndarray]) -> None:
+    spec = self._stored_spec(episode)
+    if self._spec is not None and spec != self._spec:
       raise ValueError(f'Episode keys, shapes or dtypes {spec} differ from the stored ones '
                        f'{self._spec}.')
+
+  def _allocate(self, size: int) -> None:
+    """Creates or grows the storage variables to `size` steps, keeping slots [0, alloc).
+
+    New memory is uninitialised (`Empty(init=False)`): the operating system commits its pages
+    only when episodes are written into them, so reserving the full capacity up front costs
+    address space, not resident memory.
+    """
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    if tf.distribute.has_strategy():
+      raise RuntimeError('Create and fill the Replay outside tf.distribute strategy scopes: its '
+                         'storage must be plain CPU variables.')
+
+    def empty(rows, shape, dtype):
+      return tf.raw_ops.Empty(shape=(rows,) + shape, dtype=tf.as_dtype(dtype), init=False)
+
+    with tf.device('/CPU:0'):
+      if not self._storage:
+        for key, (shape, dtype) in self._spec.items():
+          self._storage[key] = tf.Variable(
+              empty(size, shape, dtype), shape=tf.TensorShape((None,) + shape),
+              trainable=False, name=f'replay_{key}')
+        self._table = tf.Variable(
+            tf.zeros((0, 2), tf.int64), shape=tf.TensorShape((None, 2)), trainable=False,
+            name='replay_table')
+        self._alloc_var = tf.Variable(size, dtype=tf.int64, trainable=False, name='replay_alloc')
+      else:
+        for key, (shape, dtype) in self._spec.items():
+          var = self._storage[key]
+          var.assign(tf.concat([var.read_value(), empty(size - self._alloc, shape, dtype)], 0))
+        self._alloc_var.assign(size)
+    self._alloc = size
+
+  def _store(self, name: str, episode: dict[str, np.ndarray]) -> None:
+    """Holds a checked episode in memory (evicting the oldest at capacity)."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    self._check_spec(episode)
+    if self._spec is None:
+      self._spec = self._stored_spec(episode)
     length = episode_length(episode)
+    self.total_steps += length
+    self.total_episodes += 1
+    if self.capacity is not None and length > self.capacity:
+      logger.warning('Episode %s has %d transitions, more than the replay capacity %d: kept on '
+                     'disk, not in memory.', name, length, self.capacity)
+      return
+    if self.capacity is not None and not self._alloc:
+      self._allocate(self.capacity)  # the whole ring at once; pages are committed as filled
+    elif self.capacity is None and self.num_steps + length > self._alloc:
+      self._allocate(max(2 * self._alloc, self.num_steps + length, 1024))  # unbounded: doubling
+    offset = 0
+    if self._entries:
+      _, last_offset, last_length = self._entries[-1]
+      offset = (last_offset + last_length) % self._alloc
     with self._lock:
-      self._episodes.append(episode)
-      self._names.append(name)
-      self._lengths.append(length)
+      while self.num_steps + length > self._alloc:
+        _, _, evicted = self._entries.popleft()
+        self.num_steps -= evicted
+      self._publish()  # evicted slots leave the sampling table before they are overwritten
+    indices = tf.constant((offset + np.arange(length)) % self._alloc, tf.int64)
+    for key, var in self._storage.items():
+      var.scatter_update(tf.IndexedSlices(tf.constant(episode[key]), indices))
+    with self._lock:
+      self._entries.append((name, offset, length))
       self.num_steps += length
-      self.total_steps += length
-      self.total_episodes += 1
-      while self.capacity is not None and self.num_steps > self.capacity and len(self._episodes) > 1:
-        self._episodes.pop(0)
-        self._names.pop(0)
-        self.num_steps -= self._lengths.pop(0)
+      self._publish()
+
+  def _publish(self) -> None:
+    rows = np.array([(o, n) for _, o, n in self._entries], np.int64).reshape(-1, 2)
+    self._table.assign(rows)
 
   def add_episode(self, episode: Mapping[str, Any]) -> pathlib.Path | None:
     """Saves a complete episode to the folder and stores it in memory.
@@ -278,11 +374,7 @@ class Replay:
       logger.info('Not storing an episode of %d transitions (< replay minlen %d).',
                   length, self.minlen)
       return None
-    if self._spec is not None:
-      spec = {k: (v.shape[1:], v.dtype) for k, v in episode.items()}
-      if spec != self._spec:
-        raise ValueError(f'Episode keys, shapes or dtypes {spec} differ from the stored ones '
-                         f'{self._spec}.')
+    self._check_spec(episode)
     path = save_episode(self.directory, episode)
     self._store(path.name, episode)
     return path
@@ -318,81 +410,73 @@ class Replay:
     self.add_episode(episode)
     return episode
 
-  def _choose(self, rng: np.random.Generator, batch: int,
-              length: int) -> list[tuple[dict[str, np.ndarray], int]]:
-    """B (episode, L) pairs drawn uniformly among stored episodes with L >= length."""
-    chosen = []
-    with self._lock:
-      count = len(self._episodes)
-      while len(chosen) < batch:
-        for _ in range(100):  # rejection sampling: uniform among the long-enough episodes
-          index = int(rng.integers(count))
-          if self._lengths[index] >= length:
-            break
-        else:
-          eligible = [i for i, n in enumerate(self._lengths) if n >= length]
-          if not eligible:
-            raise ValueError(f'Replay holds no episode of at least {length} transitions.')
-          index = eligible[int(rng.integers(len(eligible)))]
-        chosen.append((self._episodes[index], self._lengths[index]))
-    return chosen
-
-  def _sample(self, rng: np.random.Generator, batch: int, length: int,
-              prioritize_ends: bool) -> dict[str, np.ndarray]:
-    keys = [k for k in self._spec if not k.startswith('log_')]
-    out = {k: np.empty((batch, length) + self._spec[k][0], self._spec[k][1]) for k in keys}
-    for b, (episode, total) in enumerate(self._choose(rng, batch, length)):
-      upper = total + 1 if prioritize_ends else total - length + 1
-      start = min(int(rng.integers(upper)), total - length)
-      for k in keys:
-        out[k][b] = episode[k][start:start + length]
-    out['is_first'][:, 0] = True
-    return out
-
-  def sample(self, batch: int, length: int, prioritize_ends: bool,
-             rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
-    """One numpy batch {key: [B, T, ...]} sampled as in the module docstring.
-
-    Raises:
-      ValueError: if no stored episode has at least `length` transitions.
-    """
-    self._check_sampling(batch, length)
-    rng = rng or np.random.default_rng(self.seed)
-    return self._sample(rng, batch, length, prioritize_ends)
-
   def _check_sampling(self, batch: int, length: int) -> None:
     if int(batch) < 1 or int(length) < 1:
       raise ValueError(f'Batch ({batch}) and sequence length ({length}) must be >= 1.')
     with self._lock:
-      longest = max(self._lengths, default=0)
+      longest = max((n for _, _, n in self._entries), default=0)
     if longest < length:
       raise ValueError(
           f'Replay in {self.directory} holds no episode of at least {length} transitions '
           f'({self.num_episodes} episodes, longest {longest}); fill it before sampling.')
 
+  def _sample_graph(self, seed, batch: int, length: int, prioritize_ends: bool):
+    """In-graph sampling of one batch (SPEC.md §6); `seed` is a stateless seed [2] int64."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    table = self._table.read_value()
+    table = tf.boolean_mask(table, table[:, 1] >= length)  # episodes long enough: [E, 2]
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    choice = tf.random.stateless_uniform(
+        [batch], seeds[0], 0, tf.shape(table)[0], tf.int32)  # uniform over episodes
+    rows = tf.gather(table, choice)
+    offset, total = rows[:, 0], rows[:, 1]
+    upper = total + 1 if prioritize_ends else total - length + 1
+    uniform = tf.random.stateless_uniform([batch], seeds[1], dtype=tf.float64)
+    start = tf.cast(tf.floor(uniform * tf.cast(upper, tf.float64)), tf.int64)  # randint(upper)
+    start = tf.minimum(start, total - length)
+    index = (offset + start)[:, None] + tf.range(length, dtype=tf.int64)[None]
+    index = index % self._alloc_var.read_value()  # [B, T] ring-buffer slots
+    out = {key: tf.gather(var, index) for key, var in self._storage.items()}
+    out['is_first'] = tf.concat(
+        [tf.ones((batch, 1), tf.bool), out['is_first'][:, 1:]], 1)
+    return out
+
+  def sample(self, batch: int, length: int, prioritize_ends: bool,
+             seed: int = 0) -> dict[str, np.ndarray]:
+    """One batch {key: [B, T, ...]} as numpy arrays, by the same code as `dataset`.
+
+    Raises:
+      ValueError: if no stored episode has at least `length` transitions.
+    """
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    batch, length = int(batch), int(length)
+    self._check_sampling(batch, length)
+    key = (batch, length, bool(prioritize_ends))
+    if key not in self._sample_fns:
+      self._sample_fns[key] = tf.function(
+          lambda s: self._sample_graph(s, batch, length, bool(prioritize_ends)))
+    out = self._sample_fns[key](tf.constant([self.seed, int(seed)], tf.int64))
+    return {k: v.numpy() for k, v in out.items()}
+
   def dataset(self, batch: int, length: int, prioritize_ends: bool, prefetch: int = 2):
-    """A tf.data.Dataset of batches {key: [B, T, ...]} (see the module docstring).
+    """An endless tf.data.Dataset of batches {key: [B, T, ...]} (see the module docstring).
 
     Dtypes: image uint8, action/reward float32, is_first/is_last/is_terminal bool (other keys
-    as stored, log_* left out). The sampling runs in numpy in tf.data's generator thread; each
-    call of the dataset's iterator gets its own random stream seeded from (seed, call count).
+    as stored, log_* left out). Sampling and gathering run in-graph on the replay's variables,
+    so the dataset always sees the current episodes.
 
     Raises:
       ValueError: if no stored episode has at least `length` transitions yet.
     """
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top (keeps this module TF-free on import)
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
     batch, length = int(batch), int(length)
     self._check_sampling(batch, length)
-    signature = {
-        k: tf.TensorSpec((batch, length) + shape, tf.as_dtype(dtype))
-        for k, (shape, dtype) in self._spec.items() if not k.startswith('log_')}
     self._datasets += 1
-    seed = [self.seed, self._datasets]
+    seed = int(np.random.SeedSequence([self.seed, self._datasets]).generate_state(1)[0])
 
-    def generator() -> Iterator[dict[str, np.ndarray]]:
-      rng = np.random.default_rng(seed)
-      while True:
-        yield self._sample(rng, batch, length, prioritize_ends)
+    def sample(value):
+      return self._sample_graph(
+          tf.stack([value, tf.constant(0, tf.int64)]), batch, length, bool(prioritize_ends))
 
-    dataset = tf.data.Dataset.from_generator(generator, output_signature=signature)
+    dataset = tf.data.Dataset.random(seed=seed).map(sample)
     return dataset.prefetch(int(prefetch))

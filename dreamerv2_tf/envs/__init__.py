@@ -39,21 +39,13 @@ import numpy as np
 from dreamerv2_tf.envs.wrappers import (
     ActSpace, Env, ProcessEnv, TransitionWrapper, check_action, hidden_main_module,
     obs_space_of)
+from dreamerv2_tf.seeding import MODES, env_seed
 
 __all__ = [
     'SUITES', 'MODES', 'ActSpace', 'Env', 'VecEnv', 'make_env', 'make_vec_env', 'env_seed',
     'check_action', 'parse_task']
 
 SUITES = ['atari', 'dmc']
-MODES = ('train', 'eval')
-
-
-def env_seed(seed: int, mode: str, index: int) -> int:
-  """Seed of environment `index` of `mode` in a run seeded `seed` (see module docstring)."""
-  if mode not in MODES:
-    raise ValueError(f"Unknown env mode '{mode}'; valid modes: {', '.join(MODES)}.")
-  words = np.random.SeedSequence([int(seed), MODES.index(mode), int(index)]).generate_state(1)
-  return int(words[0])
 
 
 def parse_task(task: str) -> tuple[str, str]:

@@ -10,7 +10,8 @@ is_terminal False); a step with discount 0 (no suite task has one) would be a te
 Rendering is headless through Mesa: MUJOCO_GL defaults to 'egl' (libegl1 + libegl-mesa0, on the
 base image; set MUJOCO_GL=osmesa to use libosmesa6 instead). TensorFlow and Mesa crash in one
 process (STACK.md), so dm_control is only ever imported inside worker processes: this module
-does not import it at top level, `DMCEnv` loads it lazily, and `make_dmc` returns a ProcessEnv.
+does not import it at top level, `DMCEnv` loads it lazily, and the factory (`make_env`,
+`make_vec_env`) builds it only inside worker processes.
 Rendering is sped up by `vis.quality.offsamples = 0` (no multisampling) and `shadowsize = 0`
 (no shadow map), set before the first render.
 """
@@ -173,9 +174,9 @@ def probe_spaces(name: str, size: tuple[int, ...], camera: int,
                  action_repeat: int) -> tuple[gym.Space, gym.Space]:
   """Inner (image, action) spaces of a DMC task, read in a short-lived TF-free worker process."""
   split_task(name)  # fail fast on a bad name, before starting a process
-  ctx_env = ProcessEnv(functools.partial(_ProbeEnv, name, size, camera, action_repeat))
-  spaces = ctx_env.observation_space, ctx_env.action_space
-  ctx_env.close()
+  probe = ProcessEnv(functools.partial(_ProbeEnv, name, size, camera, action_repeat))
+  spaces = probe.observation_space, probe.action_space
+  probe.close()
   return spaces
 
 
@@ -185,10 +186,3 @@ class _ProbeEnv(gym.Env):
   def __init__(self, name, size, camera, action_repeat):
     self.observation_space, self.action_space = _probe(name, size, camera, action_repeat)
 
-
-def make_dmc(name: str, size: Sequence[int] = (64, 64), camera: int = -1,
-             action_repeat: int = 2, time_limit: int = 0) -> ProcessEnv:
-  """The DMC env running in its own TF-free worker process (a ProcessEnv of `build_dmc`)."""
-  split_task(name)
-  return ProcessEnv(functools.partial(
-      build_dmc, name, tuple(size), camera, action_repeat, time_limit))

@@ -142,8 +142,8 @@ class TransitionWrapper(gym.Wrapper):
   def reset(self, *, seed: int | None = None, options: dict | None = None):
     image, info = self.env.reset(seed=seed, options=options)
     obs = {
-        'image': image, 'reward': np.float32(0), 'is_first': True, 'is_last': False,
-        'is_terminal': False, 'action': self._zeros.copy()}
+        'image': image, 'reward': np.float32(0), 'is_first': _TRUE, 'is_last': _FALSE,
+        'is_terminal': _FALSE, 'action': self._zeros.copy()}
     return obs, info
 
   def step(self, action):
@@ -151,19 +151,18 @@ class TransitionWrapper(gym.Wrapper):
     inner = int(action.argmax()) if self.act_space.discrete else action
     image, reward, terminated, truncated, info = self.env.step(inner)
     obs = {
-        'image': image, 'reward': np.float32(reward), 'is_first': False,
-        'is_last': bool(terminated or truncated), 'is_terminal': bool(terminated),
+        'image': image, 'reward': np.float32(reward), 'is_first': _FALSE,
+        'is_last': np.bool_(terminated or truncated), 'is_terminal': np.bool_(terminated),
         'action': action}
     return obs, reward, terminated, truncated, info
+
+
+_TRUE, _FALSE = np.bool_(True), np.bool_(False)
 
 
 def obs_space_of(space: gym.spaces.Dict) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
   """{key: (shape, dtype)} of a transition Dict space."""
   return {k: (tuple(v.shape), np.dtype(v.dtype)) for k, v in space.spaces.items()}
-
-
-def act_space_of(space: gym.spaces.Box, discrete: bool) -> ActSpace:
-  return ActSpace(discrete, int(space.shape[0]))
 
 
 class Env:
@@ -187,22 +186,29 @@ class Env:
     self._seed = seed
     self._seeded = False
     self._closed = False
+    self._needs_reset = True
 
   def reset(self) -> dict[str, np.ndarray]:
     """Starts an episode; returns its first transition (is_first True, reward 0, action zeros)."""
     seed = None if self._seeded else self._seed
     self._seeded = True
     obs, _ = self.gym_env.reset(seed=seed)
-    return _as_arrays(obs)
+    self._needs_reset = False
+    return obs
 
   def step(self, action: np.ndarray) -> dict[str, np.ndarray]:
     """Applies `action` (float32 (A,): one-hot or in [-1, 1]); returns the next transition.
 
     Raises:
       ValueError: for an invalid action (see `check_action`).
+      RuntimeError: before the first reset() or after an is_last transition.
     """
+    if self._needs_reset:
+      raise RuntimeError('Env.step() called before reset() or after an is_last transition; '
+                         'call reset() to start the next episode.')
     obs, _, _, _, _ = self.gym_env.step(action)
-    return _as_arrays(obs)
+    self._needs_reset = bool(obs['is_last'])
+    return obs
 
   def close(self) -> None:
     if not self._closed:
@@ -214,17 +220,6 @@ class Env:
 
   def __exit__(self, *exc):
     self.close()
-
-
-def _as_arrays(obs: dict) -> dict[str, np.ndarray]:
-  return {
-      'image': obs['image'],
-      'reward': np.asarray(obs['reward'], np.float32),
-      'is_first': np.asarray(obs['is_first'], bool),
-      'is_last': np.asarray(obs['is_last'], bool),
-      'is_terminal': np.asarray(obs['is_terminal'], bool),
-      'action': np.asarray(obs['action'], np.float32),
-      **{k: v for k, v in obs.items() if k not in TRANSITION_KEYS}}
 
 
 @contextlib.contextmanager
