@@ -62,6 +62,11 @@ def evaluate(logdir: str | os.PathLike, episodes: int, checkpoint: str | None = 
   Raises:
     ConfigError: bad `episodes`, missing config or checkpoint.
   """
+  if episodes < 1:
+    raise ConfigError(f'--episodes must be at least 1, got {episodes}.')
+  logdir = pathlib.Path(logdir)
+  config = load_run_config(logdir)  # fails fast, before TensorFlow loads
+
   # pylint: disable=import-outside-toplevel
   import tensorflow as tf
   from dreamerv2_tf import envs
@@ -69,10 +74,6 @@ def evaluate(logdir: str | os.PathLike, episodes: int, checkpoint: str | None = 
   from dreamerv2_tf.driver import Driver
   from dreamerv2_tf.loop import agent_policy, setup_device
 
-  if episodes < 1:
-    raise ConfigError(f'--episodes must be at least 1, got {episodes}.')
-  logdir = pathlib.Path(logdir)
-  config = load_run_config(logdir)
   if checkpoint is None:
     checkpoint = tf.train.latest_checkpoint(str(logdir / 'checkpoints'))
     if checkpoint is None:

@@ -27,6 +27,7 @@ Order of a run in `<logdir>`:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import os
@@ -255,6 +256,16 @@ def run(config: Config, logdir: str | os.PathLike, stop: StopRequest | None = No
   Raises:
     ConfigError / ValueError: a bad config value or unknown task (from the env factory).
   """
+  with contextlib.ExitStack() as cleanup:
+    if stop is None:
+      stop = StopRequest().install()
+      cleanup.callback(stop.uninstall)
+    return _run(config, pathlib.Path(logdir).expanduser(), stop, cleanup)
+
+
+def _run(config: Config, logdir: pathlib.Path, stop: StopRequest,
+         cleanup: contextlib.ExitStack) -> RunResult:
+  """`run`'s body; environments and logs are closed by `cleanup` whatever happens."""
   # pylint: disable=import-outside-toplevel
   import tensorflow as tf
   from dreamerv2_tf import envs
@@ -262,13 +273,10 @@ def run(config: Config, logdir: str | os.PathLike, stop: StopRequest | None = No
   from dreamerv2_tf.checkpoint import Checkpointer, HostState, MAX_TO_KEEP, is_complete
   from dreamerv2_tf.replay import Replay
 
-  logdir = pathlib.Path(logdir).expanduser()
   logdir.mkdir(parents=True, exist_ok=True)
   repeat = int(config.action_repeat)
   total_steps = int(config.steps)
   prefill = int(config.prefill)
-  own_stop = stop is None
-  stop = (stop or StopRequest()).install() if own_stop else stop
 
   save_config(config, logdir)
   device, precision = setup_device(int(config.precision))
@@ -297,8 +305,14 @@ def run(config: Config, logdir: str | os.PathLike, stop: StopRequest | None = No
                                            eval_replay.total_episodes]).generate_state(1)[0])
   policy_seed = int(np.random.SeedSequence([run_seed % 2**32, 2]).generate_state(1)[0])
   train_env = envs.make_vec_env(config.task, config, 'train', int(config.envs), run_seed)
+  cleanup.callback(train_env.close)
   eval_env = envs.make_vec_env(config.task, config, 'eval', int(config.envs), run_seed)
-  print(f'Observation space: {train_env.obs_space}; action space: {train_env.act_space}.')
+  cleanup.callback(eval_env.close)
+  image_shape, image_dtype = train_env.obs_space['image']
+  act_space = train_env.act_space
+  print(f'Observations: image {tuple(image_shape)} {np.dtype(image_dtype).name}; actions: '
+        f'{act_space.size} {"discrete" if act_space.discrete else "continuous in [-1, 1]"}; '
+        f'{int(config.envs)} env(s) per mode.')
 
   step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name='agent_step')
   agent = Agent(config, train_env.obs_space, train_env.act_space, step_var)
@@ -326,6 +340,7 @@ def run(config: Config, logdir: str | os.PathLike, stop: StopRequest | None = No
       logger_lib.JSONLOutput(logdir / 'metrics.jsonl'),
       logger_lib.TensorBoardOutput(logdir),
   ])
+  cleanup.callback(logger.close)
   try:
     status = checkpointer.restore()
   except (AssertionError, ValueError, tf.errors.OpError) as e:
@@ -436,8 +451,11 @@ def run(config: Config, logdir: str | os.PathLike, stop: StopRequest | None = No
       summary = {'eval_return': mean, 'eval_episodes': len(state['eval_scores'])}
       videos = {}
       if eval_replay.num_episodes:
-        videos, report_scalars = report_videos(eval_batch, 'eval')
-        summary.update(report_scalars)
+        try:
+          videos, report_scalars = report_videos(eval_batch, 'eval')
+          summary.update(report_scalars)
+        except ValueError as e:  # no stored eval episode as long as a training sequence
+          print(f'No eval video: {e}', flush=True)
       logger.write(state['step'] * repeat, {}, videos, terminal=summary)
 
   def on_train_step(transition, worker):
@@ -475,78 +493,72 @@ def run(config: Config, logdir: str | os.PathLike, stop: StopRequest | None = No
   eval_policy = agent_policy(agent, 'eval')
   random_policy = RandomPolicy(train_env.act_space, prefill_rng)
 
-  interrupted = False
-  try:
-    # ---- prefill ----
-    def prefilled():
-      return stored_agent_steps(train_replay) >= prefill and train_replay.num_episodes >= 1
+  # ---- prefill ----
+  def prefilled():
+    return stored_agent_steps(train_replay) >= prefill and train_replay.num_episodes >= 1
 
-    if not prefilled():
-      print(f'Prefill with a uniform random policy: {prefill:,} agent steps and one finished '
-            f'episode ({stored_agent_steps(train_replay):,} agent steps on disk).')
-      progress = Progress(prefill, stored_agent_steps(train_replay), repeat)
-      start_step = state['step']
+  if not prefilled():
+    print(f'Prefill with a uniform random policy: {prefill:,} agent steps and one finished '
+          f'episode ({stored_agent_steps(train_replay):,} agent steps on disk).')
+    progress = Progress(prefill, stored_agent_steps(train_replay), repeat)
+    start_step = state['step']
 
-      def prefill_stop():
-        progress.update(stored_agent_steps(train_replay), state['step'] - start_step)
-        return bool(stop) or prefilled()
+    def prefill_stop():
+      progress.update(stored_agent_steps(train_replay), state['step'] - start_step)
+      return bool(stop) or prefilled()
 
-      train_driver(random_policy, stop=prefill_stop)
-      progress.update(stored_agent_steps(train_replay), state['step'] - start_step, force=True)
-      progress.close()
-    if not stop and eval_replay.num_episodes < 1:
-      eval_driver(random_policy, episodes=1, stop=lambda: bool(stop))
-    interrupted = bool(stop)
-    interval.update(time=time.time(), step=state['step'])  # first interval: from here
+    train_driver(random_policy, stop=prefill_stop)
+    progress.update(stored_agent_steps(train_replay), state['step'] - start_step, force=True)
+    progress.close()
+  if not stop and eval_replay.num_episodes < 1:
+    eval_driver(random_policy, episodes=1, stop=lambda: bool(stop))
+  interrupted = bool(stop)
 
-    # ---- first update and pretraining ----
-    if not interrupted and int(agent.updates.numpy()) > 0 and pending['restore']:
-      # Resumed: one update builds every variable (consuming the deferred values), then the
-      # checkpoint is restored again over all of them, undoing that update.
-      start = time.time()
-      agent.train(train_batch())
-      status = checkpointer.restore(restored_path)
-      if not is_complete(status):
-        print('Warning: some checkpoint values match no variable of this agent '
-              '(was it saved by a different version or config?).', flush=True)
-      pending['restore'] = False
-      print(f'Rebuilt the agent and restored {restored_path} again '
-            f'({time.time() - start:.1f} s).', flush=True)
-    if not interrupted and int(agent.updates.numpy()) == 0:
-      start = time.time()
+  # ---- first update and pretraining ----
+  if not interrupted and int(agent.updates.numpy()) > 0 and pending['restore']:
+    # Resumed: one update builds every variable (consuming the deferred values), then the
+    # checkpoint is restored again over all of them, undoing that update.
+    start = time.time()
+    agent.train(train_batch())
+    status = checkpointer.restore(restored_path)
+    if not is_complete(status):
+      print('Warning: some checkpoint values match no variable of this agent '
+            '(was it saved by a different version or config?).', flush=True)
+    pending['restore'] = False
+    print(f'Rebuilt the agent and restored {restored_path} again '
+          f'({time.time() - start:.1f} s).', flush=True)
+  if not interrupted and int(agent.updates.numpy()) == 0:
+    start = time.time()
+    train_update()
+    pending['restore'] = False
+    print(f'First update (builds variables, traces the train step): '
+          f'{time.time() - start:.1f} s.', flush=True)
+    if not printed_params:
+      printed_params = _print_params(agent)
+    start = time.time()
+    for _ in range(int(config.pretrain)):
+      if stop:
+        break
       train_update()
-      pending['restore'] = False
-      print(f'First update (builds variables, traces the train step): '
-            f'{time.time() - start:.1f} s.', flush=True)
-      if not printed_params:
-        printed_params = _print_params(agent)
-      start = time.time()
-      for _ in range(int(config.pretrain)):
-        if stop:
-          break
-        train_update()
-      if config.pretrain:
-        print(f'Pretraining: {int(config.pretrain)} updates in {time.time() - start:.1f} s.',
-              flush=True)
-    interrupted = bool(stop)
+    if config.pretrain:
+      print(f'Pretraining: {int(config.pretrain)} updates in {time.time() - start:.1f} s.',
+            flush=True)
+  interrupted = bool(stop)
 
-    # ---- training ----
-    if not interrupted:
-      state['phase'] = 'train'
-      if should_eval(state['step']):
-        evaluate()
-        save_checkpoint()
-      if not printed_params:
-        printed_params = _print_params(agent)
-      if state['step'] < total_steps:
-        train_driver(train_policy, stop=lambda: bool(stop) or state['step'] >= total_steps)
-    path = save_checkpoint()
-  finally:
-    logger.close()
-    for env in (train_env, eval_env):
-      env.close()
-    if own_stop:
-      stop.uninstall()
+  # ---- training ----
+  if not interrupted:
+    state['phase'] = 'train'
+    if should_eval(state['step']):
+      evaluate()
+      save_checkpoint()
+    if not printed_params:
+      printed_params = _print_params(agent)
+    # Rates of the first interval count from here (first update, pretraining and the first
+    # evaluation are timed above); its metrics include those of the pretraining updates.
+    interval.update(time=time.time(), step=state['step'], updates=0, update_time=0.0)
+    if state['step'] < total_steps:
+      train_driver(train_policy, stop=lambda: bool(stop) or state['step'] >= total_steps)
+  path = save_checkpoint()
   how = f'Stopped by {signal.Signals(stop.signum).name}' if stop else 'Finished'
   print(f'{how} at agent step {state["step"]:,} (frame {state["step"] * repeat:,}), '
         f'{int(agent.updates.numpy()):,} updates; checkpoint {path}.', flush=True)
