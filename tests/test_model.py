@@ -322,17 +322,71 @@ def test_policy_modes_and_reset():
     agent.policy(obs, state, mode='explore')
 
 
-def test_debug_model_fits_a_fixed_batch():
-  """200 updates on one fixed batch halve the reconstruction error (the model can fit)."""
+@pytest.fixture(scope='module')
+def pong_batch(tmp_path_factory):
+  """A replay batch of real Pong frames: random-policy episodes stored and sampled by Replay."""
+  from dreamerv2_tf import envs
+  from dreamerv2_tf.replay import Replay
+  config = load_config(['atari'], {'time_limit': 120})
+  replay = Replay(tmp_path_factory.mktemp('episodes'), None, minlen=50, seed=0)
+  env = envs.make_env('atari_pong', config, 'train', seed=0)
+  rng = np.random.default_rng(0)
+  for _ in range(2):
+    replay.add_step(env.reset())
+    while True:
+      transition = env.step(np.eye(6, dtype=np.float32)[rng.integers(6)])
+      replay.add_step(transition)
+      if transition['is_last']:
+        break
+  env.close()
+  batch = replay.sample(16, 50, prioritize_ends=True, seed=0)
+  return {k: np.asarray(v) for k, v in batch.items()}
+
+
+def test_pong_batch_is_real_frames(pong_batch):
+  image = pong_batch['image']
+  assert image.shape == (16, 50, 64, 64, 1) and image.dtype == np.uint8
+  assert image.std() > 5.0  # Real screens, not blank frames.
+  assert pong_batch['is_first'][:, 0].all()
+
+
+@pytest.mark.slow
+def test_full_pong_config_train_step_is_finite(pong_batch):
+  agent, _ = make_agent('atari', precision=32)
+  metrics = {k: float(v) for k, v in agent.train(pong_batch).items()}
+  assert all(np.isfinite(v) for v in metrics.values()), metrics
+  # A fresh model predicts roughly zero: the image loss is about the Gaussian constant
+  # 0.5·ln 2π·4096 = 3763.97 plus half the squared error of frames in [−0.5, 0.5].
+  assert 3764.0 < metrics['image_loss'] < 3764.0 + 0.5 * 4096 * 0.25 + 50
+  assert int(agent.updates) == 1
+
+
+def test_mixed_precision_train_step_with_loss_scaling(monkeypatch):
+  """precision 16 with a (faked) GPU: float16 layers, float32 losses, dynamic loss scale."""
+  import keras
+  real = tf.config.list_physical_devices
+  monkeypatch.setattr(tf.config, 'list_physical_devices',
+                      lambda kind=None: ['fake-gpu'] if kind == 'GPU' else real(kind))
+  try:
+    agent, _ = make_agent('atari', 'debug', precision=16)
+    assert agent.precision == 'mixed_float16'
+    assert agent.wm.encoder.compute_dtype == 'float16'
+    assert agent.wm.rssm.cell.norm.compute_dtype == 'float32'
+    metrics = {k: float(v) for k, v in agent.train(random_batch(2, 10)).items()}
+    assert all(np.isfinite(v) for v in metrics.values()), metrics
+    assert metrics['model_loss_scale'] == 2.0 ** 15
+    out, _ = agent.policy({'image': random_batch(1, 1)['image'][:, 0],
+                           'is_first': np.array([True])})
+    assert out['action'].dtype == tf.float32
+  finally:
+    keras.mixed_precision.set_global_policy('float32')
+
+
+def test_debug_model_fits_a_fixed_batch(pong_batch):
+  """200 updates on one fixed batch of real Pong frames at least halve the reconstruction
+  error (image_loss minus its constant 0.5·ln 2π per pixel): the model can fit data."""
   agent, config = make_agent('atari', 'debug')
-  data = random_batch(2, 10, seed=7)
-  # Smooth, learnable frames: a moving bright square on a dark background.
-  image = np.zeros((2, 10, 64, 64, 1), np.uint8)
-  for b in range(2):
-    for t in range(10):
-      y, x = 8 + 3 * t, 10 + 2 * t + 20 * b
-      image[b, t, y:y + 12, x:x + 12] = 200
-  data['image'] = image
+  data = {k: v[:2, :10] for k, v in pong_batch.items()}
   constant = 64 * 64 * 0.5 * math.log(2 * math.pi)
   first = agent.train(data)
   for _ in range(199):
