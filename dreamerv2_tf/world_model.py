@@ -124,7 +124,10 @@ class WorldModel(tf.Module):
     for name in self.heads:
       inp = feat if name in self.grad_heads else tf.stop_gradient(feat)
       key = 'image' if name == 'decoder' else name
-      like = tf.cast(self.head_dist(name, inp).log_prob(data[key]), tf.float32)
+      # Targets in float32: the image is in the compute dtype (float16 under mixed precision)
+      # for the encoder, but every distribution is float32 (SPEC.md §5).
+      target = tf.cast(data[key], tf.float32)
+      like = tf.cast(self.head_dist(name, inp).log_prob(target), tf.float32)
       likes[key] = like
       losses[key] = -tf.reduce_mean(like)
     model_loss = sum(self.loss_scales.get(k, 1.0) * v for k, v in losses.items())

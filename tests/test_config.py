@@ -36,7 +36,7 @@ def test_overlays_apply_in_order_and_overrides_are_typed():
   blocks = read_blocks()
   config = train.build_config(['atari', 'debug'], {'rssm.deter': '200', 'jit': 'false',
                                                    'steps': '1e6'}, None, None)
-  assert config.steps == 1e6 and isinstance(config.steps, float)
+  assert config.steps == 1_000_000 and isinstance(config.steps, int)  # '1e6' on an int key
   assert config.rssm.deter == 200 and isinstance(config.rssm.deter, int)
   assert config.jit is False
   assert config.prefill == blocks['debug']['prefill']           # debug after atari

@@ -372,9 +372,19 @@ def test_mixed_precision_train_step_with_loss_scaling(monkeypatch):
     assert agent.precision == 'mixed_float16'
     assert agent.wm.encoder.compute_dtype == 'float16'
     assert agent.wm.rssm.cell.norm.compute_dtype == 'float32'
-    metrics = {k: float(v) for k, v in agent.train(random_batch(2, 10)).items()}
-    assert all(np.isfinite(v) for v in metrics.values()), metrics
-    assert metrics['model_loss_scale'] == 2.0 ** 15
+    data = random_batch(2, 10)
+    history = [{k: float(v) for k, v in agent.train(data).items()} for _ in range(5)]
+    for metrics in history:
+      losses = {k: v for k, v in metrics.items() if k.endswith('_loss')}
+      assert all(np.isfinite(v) for v in losses.values()), losses
+    # Dynamic loss scaling: starts at 2^15; a step whose gradients overflow float16 is
+    # skipped and halves the scale; once finite, the scale stays (it grows after 2000 steps).
+    assert history[0]['model_loss_scale'] == 2.0 ** 15
+    for before, after in zip(history, history[1:]):
+      expected = before['model_loss_scale'] / (1 if np.isfinite(before['model_grad_norm']) else 2)
+      assert after['model_loss_scale'] == expected
+    assert np.isfinite(history[-1]['model_grad_norm'])
+    assert int(agent.wm.opt.iterations) == sum(np.isfinite(m['model_grad_norm']) for m in history)
     out, _ = agent.policy({'image': random_batch(1, 1)['image'][:, 0],
                            'is_first': np.array([True])})
     assert out['action'].dtype == tf.float32
