@@ -801,11 +801,19 @@ def write_logdir(imported: Imported, logdir: str | os.PathLike) -> str:
   return path
 
 
+def _python() -> str:
+  """The interpreter to name in printed commands: this one, relative to the cwd if inside it."""
+  try:
+    return str(pathlib.Path(sys.executable).relative_to(pathlib.Path.cwd()))
+  except ValueError:
+    return sys.executable
+
+
 def train_command(config: Config) -> str:
   """The `train.py` command line that rebuilds `config`: --task, --logdir and every key whose
   value differs from configs.yaml's defaults (train.py builds its config from flags)."""
   defaults = load_config()
-  parts = ['python train.py', f'--task {config.task}', f'--logdir {config.logdir}']
+  parts = [f'{_python()} train.py', f'--task {config.task}', f'--logdir {config.logdir}']
   for key in config.flat_keys():
     if key in ('task', 'logdir') or config[key] == defaults[key]:
       continue
@@ -872,8 +880,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   print(f'Wrote {pathlib.Path(args.logdir) / "config.yaml"} and checkpoint {path} '
         '(authors_import.json records the sources). Optimiser state starts fresh, as after the '
         'authors\' own restore (they do not save it).')
-  print(f'Evaluate: python -m dreamerv2_tf.evaluate --logdir {args.logdir}')
-  print(f'Export: python -m dreamerv2_tf.export --logdir {args.logdir} --out '
+  print(f'Evaluate: {_python()} -m dreamerv2_tf.evaluate --logdir {args.logdir}')
+  print(f'Export: {_python()} -m dreamerv2_tf.export --logdir {args.logdir} --out '
         f'{pathlib.Path(args.logdir) / "export"}')
   print(f'Continue training: {train_command(config)}')
   return 0

@@ -276,7 +276,8 @@ def test_import_writes_a_checkpoint_that_restores_to_the_same_outputs(tmp_path, 
   assert ia.main(argv) == 0  # builds Pong once to check the 6 actions
   out = capsys.readouterr().out
   assert 'disag_models: 10' in out and 'Environment check: atari_pong: 6 discrete' in out
-  assert 'Continue training: python train.py --task atari_pong' in out
+  assert f'Continue training: {ia._python()} train.py --task atari_pong' in out
+  assert 'python' in ia._python()
   assert (logdir / 'config.yaml').exists()
   record = json.loads((logdir / 'authors_import.json').read_text())
   assert record['variables_count'] == 65 and record['parameters'] == 92758
