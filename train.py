@@ -12,12 +12,16 @@ Usage:
               --steps=1e6, --replay.prioritize_ends=false, --actor_ent='linear(3e-3,1e-3,1e6)'.
               Every step-like key is in agent steps; logged steps are frames.
 
-Errors in the command line exit with status 2 and a one-line message. Ctrl-C (or SIGTERM) saves
+Errors in the command line and bad config values (`validate.validate`: task names, sizes,
+choices, schedules, replay lengths against the time limit) exit with status 2 and a one-line
+message before the logdir is created; so do a logdir holding another task's run and a
+checkpoint that does not fit the config. Ctrl-C (or SIGTERM) saves
 a checkpoint and exits with 128 + the signal number; a second Ctrl-C aborts without one.
 """
 
 from __future__ import annotations
 
+import logging
 import pathlib
 import sys
 
@@ -28,6 +32,7 @@ from absl import logging as absl_logging
 # No TensorFlow import at module level: the DMC environment's worker process is started with
 # `spawn`, which re-imports this module, and TensorFlow must not load in that process.
 from dreamerv2_tf.config import Config, ConfigError, load_config, parse_overrides
+from dreamerv2_tf.validate import validate
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list('configs', [], 'Config overlays from configs.yaml, applied in order.')
@@ -37,6 +42,9 @@ flags.DEFINE_string('logdir', None, 'Run directory (default logdir/<task>).')
 
 def fail(message: str, status: int = 2) -> None:
   """Prints a one-line error to stderr and exits with `status` (no traceback)."""
+  # TensorFlow warns at exit about objects of a failed restore; the error line says it all.
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  logging.getLogger('tensorflow').setLevel(logging.ERROR)
   print(f'train.py: error: {" ".join(str(message).split())}', file=sys.stderr, flush=True)
   sys.exit(status)
 
@@ -87,21 +95,11 @@ def build_config(configs: list[str], overrides: dict[str, str], task: str | None
 
 
 def check_task(config: Config) -> None:
-  """Fails fast on an unknown task, with the env factory's message (it lists the valid suites),
-  before TensorFlow loads or the logdir is created."""
-  # pylint: disable=import-outside-toplevel
-  from dreamerv2_tf import envs
-  checker = getattr(envs, 'check_task', None)
-  if checker is not None:
-    checker(config.task)
-    return
-  suite, name = envs.parse_task(config.task)  # unknown suite: lists the valid ones
-  if suite == 'atari':
-    from dreamerv2_tf.envs import atari
-    atari.rom_id(name)  # unknown game: names the closest ones
-  elif suite == 'dmc':
-    from dreamerv2_tf.envs import dmc
-    dmc.split_task(name)  # unknown domain: lists the domains
+  """Fails fast on an unknown task (suite, Atari game, DMC domain or task) with the env
+  factory's message, which lists the valid or closest names, before TensorFlow loads or the
+  logdir is created. Raises ValueError."""
+  from dreamerv2_tf import envs  # pylint: disable=import-outside-toplevel
+  envs.check_task(config.task)
 
 
 def main(overrides: dict[str, str]) -> int:
@@ -110,6 +108,7 @@ def main(overrides: dict[str, str]) -> int:
   try:
     config = build_config(FLAGS.configs, overrides, FLAGS.task, FLAGS.logdir)
     check_task(config)
+    validate(config, check_task=False)
   except (ConfigError, ValueError) as e:
     fail(e)
   from dreamerv2_tf import loop  # pylint: disable=import-outside-toplevel

@@ -24,6 +24,7 @@ restoration).
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import pathlib
@@ -34,6 +35,10 @@ import numpy as np
 import tensorflow as tf
 
 MAX_TO_KEEP = 3
+
+
+class CheckpointError(ValueError):
+  """No checkpoint of a folder can be read back; the message names each one and why."""
 
 
 class HostState(tf.train.experimental.PythonState):
@@ -103,6 +108,7 @@ class Checkpointer:
   def __init__(self, directory: str | os.PathLike, step: tf.Variable,
                max_to_keep: int = MAX_TO_KEEP, **objects):
     self.directory = pathlib.Path(directory)
+    self.max_to_keep = max_to_keep
     self.step = step
     self.checkpoint = tf.train.Checkpoint(step=step, **objects)
     self.manager = tf.train.CheckpointManager(
@@ -127,6 +133,64 @@ class Checkpointer:
     self._last_saved_key = key
     return path
 
+  def restore_readable(self, warn: Callable[[str], None] = print):
+    """Restores the newest checkpoint whose files read back completely (`unreadable`).
+
+    Newer ones that do not read (a data file truncated by a full disk or a copy cut short)
+    are renamed aside to `unreadable-<UTC time>-ckpt-<N>.*` (never deleted: the manager would
+    otherwise rotate them away, or a save at the same step overwrite them) and dropped from the
+    manager's list; `warn` gets one line naming each.
+
+    Returns:
+      the load status as `restore` does, or None when there is no checkpoint.
+    Raises:
+      CheckpointError: there are checkpoints but none reads back (nothing is moved then).
+      tf errors / ValueError: the readable checkpoint does not fit the objects (see `restore`).
+    """
+    paths = list(reversed(self.manager.checkpoints))  # newest first
+    bad = []
+    for path in paths:
+      reason = unreadable(path)
+      if reason is None:
+        break
+      bad.append((path, reason))
+    else:
+      if bad:
+        raise CheckpointError(
+            f'No checkpoint in {self.directory} can be read: ' + '; '.join(
+                f'{pathlib.Path(p).name} ({r})' for p, r in bad) + '. Restore them from a '
+            'backup, or move the checkpoints folder away to start over from the episodes on '
+            'disk.')
+      return None
+    for path, reason in bad:
+      aside = set_aside(path)
+      warn(f'Warning: checkpoint {path} cannot be read ({reason}); kept it as '
+           f'{aside.name}.* and resuming from the previous one.')
+    if bad:
+      self._forget([p for p, _ in bad])
+    return self.restore()
+
+  def _forget(self, paths: list[str]) -> None:
+    """Drops `paths` from the manager's state file and rebuilds the manager over it."""
+    state = tf.train.get_checkpoint_state(str(self.directory))
+    names = {pathlib.Path(p).name for p in paths}
+    stamps = list(state.all_model_checkpoint_timestamps)
+    stamps += [None] * (len(state.all_model_checkpoint_paths) - len(stamps))
+    keep = [(pathlib.Path(p).name, t) for p, t in zip(state.all_model_checkpoint_paths, stamps)
+            if pathlib.Path(p).name not in names]
+    # The state file as the manager writes it (relative names, so the run folder can move),
+    # atomically.
+    lines = [f'model_checkpoint_path: {json.dumps(keep[-1][0])}']
+    lines += [f'all_model_checkpoint_paths: {json.dumps(p)}' for p, _ in keep]
+    lines += [f'all_model_checkpoint_timestamps: {t!r}' for _, t in keep if t is not None]
+    lines.append(f'last_preserved_timestamp: {state.last_preserved_timestamp!r}')
+    tmp = self.directory / '.tmp-checkpoint'
+    tmp.write_text('\n'.join(lines) + '\n')
+    os.replace(tmp, self.directory / 'checkpoint')
+    self.manager = tf.train.CheckpointManager(
+        self.checkpoint, str(self.directory), max_to_keep=self.max_to_keep,
+        checkpoint_name='ckpt')
+
   def restore(self, path: str | None = None):
     """Restores `path` (default: the latest checkpoint). Returns the load status, or None when
     there is no checkpoint. Raises a tf error when the checkpoint does not fit the objects."""
@@ -145,6 +209,64 @@ def is_complete(status) -> bool:
     return True
   except AssertionError:
     return False
+
+
+def unreadable(path: str) -> str | None:
+  """Why the checkpoint with prefix `path` cannot be read back, or None when it can.
+
+  Reads every saved value once (one at a time), so a truncated data file (`IndexError: Read
+  less bytes than requested`), a checksum mismatch or a missing file is found before any
+  object is restored, whatever TF would otherwise defer to the first update.
+  """
+  try:
+    reader = tf.train.load_checkpoint(path)
+    for name in reader.get_variable_to_shape_map():
+      reader.get_tensor(name)
+  except (IndexError, ValueError, tf.errors.OpError) as e:
+    text = ' '.join(str(e).split())
+    return f'{type(e).__name__}: {text[:200]}'
+  return None
+
+
+def set_aside(path: str) -> pathlib.Path:
+  """Renames the files of checkpoint `path` to the prefix `unreadable-<UTC time>-<name>` in the
+  same folder (a prefix CheckpointManager never deletes); returns the new prefix."""
+  path = pathlib.Path(path)
+  stamp = datetime.datetime.now(datetime.timezone.utc).strftime('%Y%m%dT%H%M%SZ')
+  aside = path.with_name(f'unreadable-{stamp}-{path.name}')
+  for file in sorted(path.parent.glob(path.name + '.*')):
+    suffix = file.name[len(path.name):]
+    if suffix == '.index' or suffix.startswith('.data-'):
+      os.replace(file, aside.with_name(aside.name + suffix))
+  return aside
+
+
+def latest_readable(directory: str | os.PathLike,
+                    warn: Callable[[str], None] = print) -> str | None:
+  """The newest checkpoint prefix in `directory` that reads back (`unreadable`), without
+  changing anything on disk; `warn` gets one line for each newer unreadable one.
+
+  Returns None when the folder holds no checkpoint.
+  Raises:
+    CheckpointError: there are checkpoints but none reads back.
+  """
+  state = tf.train.get_checkpoint_state(str(directory))
+  if state is None or not state.model_checkpoint_path:
+    return None
+  paths = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
+  if state.model_checkpoint_path not in paths:
+    paths.append(state.model_checkpoint_path)
+  bad = []
+  for path in reversed(paths):
+    reason = unreadable(path)
+    if reason is None:
+      for bad_path, bad_reason in bad:
+        warn(f'Warning: checkpoint {bad_path} cannot be read ({bad_reason}); using {path}.')
+      return path
+    bad.append((path, reason))
+  raise CheckpointError(
+      f'No checkpoint in {directory} can be read: ' + '; '.join(
+          f'{pathlib.Path(p).name} ({r})' for p, r in bad) + '.')
 
 
 def read_variables(path: str) -> dict[str, np.ndarray]:

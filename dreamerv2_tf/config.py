@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import io
+import math
 import os
 import pathlib
 import tempfile
@@ -155,7 +156,8 @@ _TYPE_NAMES = {bool: 'bool', int: 'int', float: 'float', str: 'str', list: 'list
 def convert(key: str, value: Any, default: Any) -> Any:
   """Converts `value` (possibly a command-line string) to the type of `default`.
 
-  int keys accept integral floats and strings like '1e6' (step counts are written that way);
+  int keys accept integral floats and strings like '1e6' (step counts are written that way),
+  not inf or nan;
   float keys accept ints; bool keys accept true/false/1/0/yes/no; list keys accept a YAML or
   comma-separated string and convert each element like the default's first element.
 
@@ -185,6 +187,9 @@ def convert(key: str, value: Any, default: Any) -> Any:
       raise fail() from None
     if isinstance(number, bool) or not isinstance(number, (int, float)):
       raise fail()
+    if not math.isfinite(number):
+      raise ConfigError(f"Config key '{key}' expects a finite whole number (type int, like "
+                        f"{default!r}), got {value!r}.")
     if float(number) != int(number):
       raise fail()
     return int(number)
@@ -215,11 +220,33 @@ def convert(key: str, value: Any, default: Any) -> Any:
 
 
 def read_blocks(path: str | os.PathLike = CONFIGS_PATH) -> dict:
-  """Reads configs.yaml into {block name: dict}. Raises ConfigError on a missing file."""
+  """Reads a YAML config file (configs.yaml, a run's config.yaml) into a dict ({} when empty).
+
+  Raises:
+    ConfigError: a missing or unreadable file, YAML that does not parse ("cannot parse
+      <path>: <problem> (line L, column C)", one line), or a top level that is not a mapping.
+  """
   path = pathlib.Path(path)
   if not path.exists():
     raise ConfigError(f'Config file {path} does not exist.')
-  return ruamel.yaml.YAML(typ='safe', pure=True).load(path.read_text())
+  try:
+    data = ruamel.yaml.YAML(typ='safe', pure=True).load(path.read_text())
+  except ruamel.yaml.YAMLError as e:
+    problem = getattr(e, 'problem', None)
+    mark = getattr(e, 'problem_mark', None)
+    if problem and mark is not None:
+      detail = f'{problem} (line {mark.line + 1}, column {mark.column + 1})'
+    else:
+      detail = ' '.join(str(e).split())
+    raise ConfigError(f'cannot parse {path}: {detail}') from None
+  except (OSError, UnicodeDecodeError) as e:
+    raise ConfigError(f'cannot read {path}: {e}') from None
+  if data is None:
+    return {}
+  if not isinstance(data, dict):
+    raise ConfigError(f'cannot parse {path}: expected a mapping of config keys, got a '
+                      f'{type(data).__name__}.')
+  return data
 
 
 def load_config(names: Iterable[str] = (), overrides: Mapping[str, Any] | None = None,

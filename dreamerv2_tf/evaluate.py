@@ -9,14 +9,17 @@ atomically:
   {"checkpoint": prefix, "task": str, "agent_step": int, "frames": int, "seed": int,
    "episodes": N, "returns": [float], "lengths": [int agent steps], "mean": float, "std": float}
 
-Nothing is added to the run's replay. Errors (no config, no checkpoint, bad arguments) exit with
-status 2 and a one-line message.
+Nothing is added to the run's replay. Errors (no config, a config.yaml that does not parse or
+holds a bad value, no readable checkpoint, a checkpoint that does not fit the config, bad
+arguments) exit with status 2 and a one-line message. When the latest checkpoint cannot be read
+(e.g. a truncated data file) the newest readable one is used, with a warning naming the bad one.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import pathlib
 import sys
@@ -27,18 +30,26 @@ import numpy as np
 
 # TensorFlow is imported inside `evaluate` only: DMC's worker process re-imports this module.
 from dreamerv2_tf.config import Config, ConfigError, load_config, read_blocks
+from dreamerv2_tf.validate import validate
 
 
 def load_run_config(logdir: str | os.PathLike) -> Config:
-  """The config saved by the run in `<logdir>/config.yaml`, checked against today's keys.
+  """The config saved by the run in `<logdir>/config.yaml`, checked against today's keys and
+  values (`validate.validate`).
 
   Raises:
-    ConfigError: when the file is missing or holds keys/values this version does not accept.
+    ConfigError: when the file is missing, does not parse, or holds keys/values this version
+      does not accept.
   """
   path = pathlib.Path(logdir) / 'config.yaml'
   if not path.exists():
     raise ConfigError(f'{path} does not exist: is {logdir} a training run directory?')
-  return load_config([]).update(read_blocks(path) or {})
+  try:
+    config = load_config([]).update(read_blocks(path))
+    validate(config)
+  except ConfigError as e:
+    raise ConfigError(f'{path}: {e}' if str(path) not in str(e) else str(e)) from None
+  return config
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
@@ -60,7 +71,8 @@ def evaluate(logdir: str | os.PathLike, episodes: int, checkpoint: str | None = 
   `<logdir>/evaluation.json`) the result dict described in the module docstring.
 
   Raises:
-    ConfigError: bad `episodes`, missing config or checkpoint.
+    ConfigError: bad `episodes`, a missing or bad config, no readable checkpoint, or a
+      checkpoint that does not fit the config.
   """
   if episodes < 1:
     raise ConfigError(f'--episodes must be at least 1, got {episodes}.')
@@ -71,15 +83,24 @@ def evaluate(logdir: str | os.PathLike, episodes: int, checkpoint: str | None = 
   import tensorflow as tf
   from dreamerv2_tf import envs
   from dreamerv2_tf.agent import Agent
+  from dreamerv2_tf.checkpoint import CheckpointError, latest_readable, unreadable
   from dreamerv2_tf.driver import Driver
   from dreamerv2_tf.loop import agent_policy, setup_device
 
   if checkpoint is None:
-    checkpoint = tf.train.latest_checkpoint(str(logdir / 'checkpoints'))
+    try:
+      checkpoint = latest_readable(logdir / 'checkpoints',
+                                   lambda line: print(line, file=sys.stderr, flush=True))
+    except CheckpointError as e:
+      raise ConfigError(str(e)) from None
     if checkpoint is None:
       raise ConfigError(f'No checkpoint in {logdir / "checkpoints"}.')
   elif not tf.io.gfile.exists(checkpoint + '.index'):
     raise ConfigError(f'Checkpoint {checkpoint} does not exist (no {checkpoint}.index).')
+  else:
+    reason = unreadable(checkpoint)
+    if reason:
+      raise ConfigError(f'Checkpoint {checkpoint} cannot be read ({reason}).')
   seed = config.seed if seed is None else seed
   device, precision = setup_device(int(config.precision))
   tf.config.run_functions_eagerly(not config.jit)
@@ -90,8 +111,17 @@ def evaluate(logdir: str | os.PathLike, episodes: int, checkpoint: str | None = 
   try:
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name='agent_step')
     agent = Agent(config, env.obs_space, env.act_space, step)
+    def does_not_fit(error):
+      first_line = str(error).splitlines()[0] if str(error) else ''
+      return ConfigError(
+          f'Checkpoint {checkpoint} does not fit the agent of {logdir / "config.yaml"} '
+          f'({type(error).__name__}: {first_line}); was the config changed after training?')
+
     # Only the agent and the step; variables built by the first policy call are restored then.
-    status = tf.train.Checkpoint(step=step, agent=agent).restore(checkpoint)
+    try:
+      status = tf.train.Checkpoint(step=step, agent=agent).restore(checkpoint)
+    except (AssertionError, ValueError, IndexError, tf.errors.OpError) as e:
+      raise does_not_fit(e) from None
     status.expect_partial()
     returns, lengths = [], []
     checked = []
@@ -106,10 +136,15 @@ def evaluate(logdir: str | os.PathLike, episodes: int, checkpoint: str | None = 
     policy = agent_policy(agent, 'eval')
 
     def checked_policy(obs, state):
-      out = policy(obs, state)
-      if not checked:  # after the first call every variable the policy uses exists
+      if checked:
+        return policy(obs, state)
+      # The first call builds the remaining variables, which restores them (deferred).
+      try:
+        out = policy(obs, state)
         status.assert_existing_objects_matched()
-        checked.append(True)
+      except (AssertionError, ValueError, IndexError, tf.errors.OpError) as e:
+        raise does_not_fit(e) from None
+      checked.append(True)
       return out
 
     print(f'Evaluating {checkpoint} on {config.task} ({device}, {precision}).', flush=True)
@@ -146,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
   try:
     evaluate(args.logdir, args.episodes, args.checkpoint, args.seed)
   except ConfigError as e:
+    # TensorFlow warns at exit about the objects of a failed restore; the error line says it all.
+    logging.getLogger('tensorflow').setLevel(logging.ERROR)
     print(f'evaluate: error: {" ".join(str(e).split())}', file=sys.stderr, flush=True)
     return 2
   return 0

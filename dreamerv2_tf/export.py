@@ -38,7 +38,11 @@ and `assets.extra/dreamerv2_policy.json` (task, shapes, agent step, source check
 The version folder is written under a temporary name inside EXPORT_DIR and renamed into place
 when complete, so a server watching EXPORT_DIR never sees a partial version. Errors (no config
 or checkpoint in the logdir, an EXPORT_DIR that exists and is not an export folder, a version
-that exists) are reported before anything is written; the command then exits with status 2.
+that exists, an EXPORT_DIR that cannot be created or written, a config.yaml that does not parse,
+no readable checkpoint) are reported before anything is written; the command then exits with
+status 2. A newer checkpoint that cannot be read is skipped with a warning; a checkpoint saved
+before the first update (a run stopped during prefill) exports with a warning that the policy is
+untrained.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
 from dreamerv2_tf import dists, envs
 from dreamerv2_tf.agent import Agent
+from dreamerv2_tf.checkpoint import CheckpointError, latest_readable
 from dreamerv2_tf.config import ConfigError
 from dreamerv2_tf.evaluate import load_run_config
 from dreamerv2_tf.world_model import preprocess_image
@@ -254,8 +259,9 @@ def check_destination(out: pathlib.Path, version: int | None) -> int:
   """Validates the export folder and returns the version to write.
 
   Raises:
-    ExportError: `out` exists and is not an export folder, `version` is not positive, or the
-      version folder exists.
+    ExportError: `out` exists and is not an export folder, `out` cannot be created (a file on
+      its path, no write permission) or written, `version` is not positive, or the version
+      folder exists.
   """
   if out.exists() and not is_export_folder(out):
     kind = 'a directory' if out.is_dir() else 'a file'
@@ -267,6 +273,18 @@ def check_destination(out: pathlib.Path, version: int | None) -> int:
         f'--out {out} exists and is {kind} that is not an export folder{entries}. An export '
         'folder holds only numbered version folders (1/, 2/, ... each with saved_model.pb); '
         'choose a new or empty path.')
+  if out.is_dir():
+    if not os.access(out, os.W_OK | os.X_OK):
+      raise ExportError(f'--out {out} is not writable (no write permission); choose another '
+                        'path.')
+  else:
+    ancestor = out.parent
+    while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+      ancestor = ancestor.parent
+    if not ancestor.is_dir():
+      raise ExportError(f'--out {out} cannot be created: {ancestor} is a file, not a folder.')
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+      raise ExportError(f'--out {out} cannot be created: no write permission in {ancestor}.')
   versions = existing_versions(out)
   if version is None:
     return (versions[-1] + 1) if versions else 1
@@ -290,7 +308,12 @@ def find_checkpoint(logdir: pathlib.Path) -> str:
     raise ExportError(f'{logdir / "config.yaml"} does not exist: is {logdir} a training run '
                       'directory?')
   directory = logdir / 'checkpoints'
-  prefix = tf.train.latest_checkpoint(str(directory)) if directory.is_dir() else None
+  try:
+    prefix = latest_readable(directory, lambda line: print(
+        f'export: {line[0].lower()}{line[1:]}', file=sys.stderr, flush=True)) \
+        if directory.is_dir() else None
+  except CheckpointError as e:
+    raise ExportError(str(e)) from None
   if not prefix:
     raise ExportError(f'No checkpoint in {directory}: train first (the training loop writes '
                       'one at every evaluation and when it stops).')
@@ -302,7 +325,8 @@ def _restore_agent(logdir: pathlib.Path, checkpoint: str):
   try:
     config = load_run_config(logdir).update({'precision': 32})
   except ConfigError as e:
-    raise ExportError(f'Cannot read {logdir / "config.yaml"}: {e}') from e
+    path = logdir / 'config.yaml'
+    raise ExportError(str(e) if str(path) in str(e) else f'Cannot read {path}: {e}') from None
   env = envs.make_env(config.task, config, 'eval', config.seed)
   try:
     obs_space, act_space = env.obs_space, env.act_space
@@ -319,10 +343,17 @@ def _restore_agent(logdir: pathlib.Path, checkpoint: str):
       wm=ckpt(encoder=agent.wm.encoder, rssm=agent.wm.rssm), ac=ckpt(actor=agent.ac.actor)))
   try:
     partial.restore(checkpoint).expect_partial().assert_existing_objects_matched()
-  except (AssertionError, ValueError, tf.errors.OpError) as e:
+  except (AssertionError, ValueError, IndexError, tf.errors.OpError) as e:
     raise ExportError(f'Checkpoint {checkpoint} does not fit the agent of '
                       f'{logdir / "config.yaml"}: {" ".join(str(e).split())[:600]}') from e
   return config, agent, obs_space, act_space, int(step.numpy())
+
+
+def checkpoint_updates(checkpoint: str) -> int | None:
+  """Agent updates (`agent.updates`) recorded in a training checkpoint; None if it has none."""
+  reader = tf.train.load_checkpoint(checkpoint)
+  key = 'agent/ac/updates/.ATTRIBUTES/VARIABLE_VALUE'
+  return int(reader.get_tensor(key)) if reader.has_tensor(key) else None
 
 
 def export_policy(logdir: str | os.PathLike, out: str | os.PathLike,
@@ -343,11 +374,18 @@ def export_policy(logdir: str | os.PathLike, out: str | os.PathLike,
   checkpoint = find_checkpoint(logdir)
   version = check_destination(out, version)
   config, agent, obs_space, act_space, agent_step = _restore_agent(logdir, checkpoint)
+  if checkpoint_updates(checkpoint) == 0:
+    print(f'export: warning: {checkpoint} was saved before the first update (e.g. a run stopped '
+          'during prefill): the exported policy is untrained.', file=sys.stderr, flush=True)
   module = build_policy_module(agent, obs_space['image'][0])
   signatures = signature_functions(module)
 
   created_out = not out.exists()
-  out.mkdir(parents=True, exist_ok=True)
+  try:
+    out.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise ExportError(f'--out {out} cannot be created ({type(e).__name__}: {e.strerror}).') \
+        from None
   temp = out / f'{TEMP_PREFIX}{version}-{os.getpid()}'
   final = out / str(version)
   try:
@@ -397,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
   try:
     export_policy(args.logdir, args.out, args.version)
   except ExportError as e:
-    print(f'export: error: {e}', file=sys.stderr, flush=True)
+    print(f'export: error: {" ".join(str(e).split())}', file=sys.stderr, flush=True)
     return 2
   return 0
 

@@ -53,6 +53,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from dreamerv2_tf.config import Config, ConfigError, load_config
+from dreamerv2_tf.validate import validate
 
 
 class AuthorsImportError(ValueError):
@@ -360,6 +361,7 @@ def translate_config(authors: Mapping[str, Any], task: str | None = None,
         f"The authors' config sets clip_rewards: {clip!r}; allowed: 'tanh', 'identity'.")
   try:
     config = ours.update(updates)
+    validate(config)  # values of the right type that still cannot work (validate.py)
   except ConfigError as e:
     raise AuthorsImportError(f'The authors\' config has a value this project cannot take: {e}') \
         from None

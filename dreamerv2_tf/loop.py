@@ -5,11 +5,15 @@ is in AGENT steps (one policy decision; a transition with `is_first` False). Eve
 is in FRAMES = agent steps × `action_repeat`.
 
 Order of a run in `<logdir>`:
-1. Write `<logdir>/config.yaml` (a different previous one is kept as
-   `config.yaml.previous-<UTC time>`); print device, precision, spaces, replay contents.
-2. Restore the latest checkpoint if there is one (agent, step counter, RNG states, loop
-   counters); otherwise the step counter starts at the agent steps already stored on disk.
-   Metrics lines newer than the restored step are moved aside (`Logger.rewind`).
+1. Refuse a logdir whose `config.yaml` names another task or action repeat (`check_logdir`);
+   print device, precision, spaces, replay contents.
+2. Restore the newest readable checkpoint if there is one (agent, step counter, RNG states,
+   loop counters; a newer unreadable one is renamed aside with a warning); otherwise the step
+   counter starts at the agent steps already stored on disk. A checkpoint that does not fit
+   the config stops the run with the logdir's `config.yaml` unchanged. Only once the
+   checkpoint fits (or there is none) is `<logdir>/config.yaml` written (a different previous
+   one is kept as `config.yaml.previous-<UTC time>`). Metrics lines newer than the restored
+   step are moved aside (`Logger.rewind`).
 3. Prefill with a uniform random policy until the train replay holds `prefill` agent steps
    (counting episodes already on disk) and at least one episode, and the eval replay one
    episode. Prefill steps count towards `steps`.
@@ -18,8 +22,9 @@ Order of a run in `<logdir>`:
 5. Evaluate (actor's mode, separate environment, `eval_eps` episodes) when training starts and
    then every `eval_every` agent steps, each evaluation followed by a checkpoint. Act with the
    agent's training policy; every `train_every` agent steps do `train_steps` updates; every
-   `log_every` agent steps write the interval's mean training metrics, rates and an open-loop
-   video; stop at `steps`.
+   `log_every` agent steps, counted from the start of training, write the interval's mean
+   training metrics, rates, the mean return of the training episodes finished in it (prefill
+   episodes excluded) and an open-loop video; stop at `steps`.
 6. On finishing, SIGINT (Ctrl-C) or SIGTERM: save a checkpoint and return. A second Ctrl-C
    aborts at once without one. SIGKILL loses what happened after the last checkpoint, except
    finished episodes, which are files on disk and reload.
@@ -50,12 +55,19 @@ class Every:
   """Fires on the first call, then whenever `step` reached `last + every` (agent steps).
 
   `every <= 0` never fires. After a jump of several periods it fires once and moves `last` to the
-  latest period boundary, so a resumed or vectorised run does not fire in a burst.
+  latest period boundary, so a resumed or vectorised run does not fire in a burst. `start(step)`
+  begins the first period at `step` without firing.
   """
 
   def __init__(self, every: int):
     self.every = int(every)
     self.last: int | None = None
+
+  def start(self, step: int) -> None:
+    """Starts counting at `step` (no fire now, the next at `step + every`), unless already
+    started (e.g. restored from a checkpoint)."""
+    if self.last is None:
+      self.last = int(step)
 
   def __call__(self, step: int) -> bool:
     if self.every <= 0:
@@ -256,11 +268,39 @@ def run(config: Config, logdir: str | os.PathLike, stop: StopRequest | None = No
   Raises:
     ConfigError / ValueError: a bad config value or unknown task (from the env factory).
   """
+  logdir = pathlib.Path(logdir).expanduser()
+  check_logdir(config, logdir)
   with contextlib.ExitStack() as cleanup:
     if stop is None:
       stop = StopRequest().install()
       cleanup.callback(stop.uninstall)
-    return _run(config, pathlib.Path(logdir).expanduser(), stop, cleanup)
+    return _run(config, logdir, stop, cleanup)
+
+
+def check_logdir(config: Config, logdir: pathlib.Path) -> None:
+  """Refuses to continue a run of another task or action repeat in `logdir`: its replay,
+  metrics and checkpoints would mix with this one's.
+
+  Reads `<logdir>/config.yaml` if there is one (an unreadable one is left to `save_config`,
+  which keeps it aside).
+
+  Raises:
+    ConfigError: naming both values and suggesting a new --logdir.
+  """
+  from dreamerv2_tf.config import read_blocks  # pylint: disable=import-outside-toplevel
+  path = logdir / 'config.yaml'
+  if not path.is_file():
+    return
+  try:
+    old = read_blocks(path)
+  except ConfigError:
+    return
+  for key in ('task', 'action_repeat'):
+    if key in old and old[key] != config[key]:
+      raise ConfigError(
+          f'{logdir} holds a run with {key} {old[key]!r} (see {path}); this run has {key} '
+          f'{config[key]!r}, and its replay and metrics would mix with that one\'s. Start a '
+          f'new --logdir, or resume with {key} {old[key]!r}.')
 
 
 def _run(config: Config, logdir: pathlib.Path, stop: StopRequest,
@@ -270,7 +310,8 @@ def _run(config: Config, logdir: pathlib.Path, stop: StopRequest,
   import tensorflow as tf
   from dreamerv2_tf import envs
   from dreamerv2_tf.agent import Agent
-  from dreamerv2_tf.checkpoint import Checkpointer, HostState, MAX_TO_KEEP, is_complete
+  from dreamerv2_tf.checkpoint import (Checkpointer, CheckpointError, HostState, MAX_TO_KEEP,
+                                       is_complete)
   from dreamerv2_tf.replay import Replay
 
   logdir.mkdir(parents=True, exist_ok=True)
@@ -278,7 +319,6 @@ def _run(config: Config, logdir: pathlib.Path, stop: StopRequest,
   total_steps = int(config.steps)
   prefill = int(config.prefill)
 
-  save_config(config, logdir)
   device, precision = setup_device(int(config.precision))
   tf.config.run_functions_eagerly(not config.jit)
   random.seed(config.seed)
@@ -335,23 +375,38 @@ def _run(config: Config, logdir: pathlib.Path, stop: StopRequest,
   print(f'Checkpoints: {checkpointer.directory} (the manager keeps the latest {MAX_TO_KEEP}, '
         'deleting older ones).')
 
+  def does_not_fit(error, path):
+    first_line = str(error).splitlines()[0] if str(error) else ''
+    return ConfigError(
+        f'The checkpoint {path} does not fit this config ({type(error).__name__}: '
+        f'{first_line}); {_config_difference(config, logdir)}resume with the config saved in '
+        f'{logdir / "config.yaml"} or start a new --logdir.')
+
+  try:
+    status = checkpointer.restore_readable(lambda line: print(line, flush=True))
+  except CheckpointError as e:
+    raise ConfigError(str(e)) from None
+  except (AssertionError, ValueError, IndexError, tf.errors.OpError) as e:
+    raise does_not_fit(e, checkpointer.latest) from e
+  restored_path = checkpointer.latest if status is not None else None
+  # Values of variables not built yet (Keras builds lazily, optimiser slots appear on the first
+  # update) wait in TF's deferred restoration; until they are built a save would lose them.
+  pending = {'restore': status is not None and not is_complete(status), 'config': False}
+
+  def commit_config():
+    """Writes config.yaml once the checkpoint is known to fit (or there is none)."""
+    if not pending['config']:
+      save_config(config, logdir)
+      pending['config'] = True
+
+  if not pending['restore']:
+    commit_config()
   logger = logger_lib.Logger([
       logger_lib.TerminalOutput(),
       logger_lib.JSONLOutput(logdir / 'metrics.jsonl'),
       logger_lib.TensorBoardOutput(logdir),
   ])
   cleanup.callback(logger.close)
-  try:
-    status = checkpointer.restore()
-  except (AssertionError, ValueError, tf.errors.OpError) as e:
-    raise ConfigError(
-        f'The checkpoint {checkpointer.latest} does not fit this config ({type(e).__name__}: '
-        f'{str(e).splitlines()[0] if str(e) else ""}); resume with the config saved in '
-        f'{logdir / "config.yaml"} or start a new --logdir.') from e
-  restored_path = checkpointer.latest if status is not None else None
-  # Values of variables not built yet (Keras builds lazily, optimiser slots appear on the first
-  # update) wait in TF's deferred restoration; until they are built a save would lose them.
-  pending = {'restore': status is not None and not is_complete(status)}
   if status is not None:
     print(f'Resumed from {checkpointer.latest}: agent step {int(step_var.numpy()):,} '
           f'(frame {int(step_var.numpy()) * repeat:,}), {int(agent.updates.numpy()):,} updates.')
@@ -476,7 +531,8 @@ def _run(config: Config, logdir: pathlib.Path, stop: StopRequest,
 
   def on_train_episode(stats, worker):
     del worker
-    state['train_scores'].append(stats['return'])
+    if state['phase'] == 'train':  # the interval's train_return counts training episodes only
+      state['train_scores'].append(stats['return'])
     logger.write(state['step'] * repeat, _episode_scalars('train', stats), terminal=False)
 
   def on_eval_episode(stats, worker):
@@ -519,18 +575,28 @@ def _run(config: Config, logdir: pathlib.Path, stop: StopRequest,
     # Resumed: one update builds every variable (consuming the deferred values), then the
     # checkpoint is restored again over all of them, undoing that update.
     start = time.time()
-    agent.train(train_batch())
-    status = checkpointer.restore(restored_path)
+    try:
+      agent.train(train_batch())
+      status = checkpointer.restore(restored_path)
+    except (AssertionError, ValueError, IndexError, tf.errors.OpError) as e:
+      raise does_not_fit(e, restored_path) from e
     if not is_complete(status):
       print('Warning: some checkpoint values match no variable of this agent '
             '(was it saved by a different version or config?).', flush=True)
     pending['restore'] = False
+    commit_config()
     print(f'Rebuilt the agent and restored {restored_path} again '
           f'({time.time() - start:.1f} s).', flush=True)
   if not interrupted and int(agent.updates.numpy()) == 0:
     start = time.time()
-    train_update()
+    try:
+      train_update()
+    except (AssertionError, ValueError, IndexError, tf.errors.OpError) as e:
+      if not pending['restore']:
+        raise
+      raise does_not_fit(e, restored_path) from e
     pending['restore'] = False
+    commit_config()
     print(f'First update (builds variables, traces the train step): '
           f'{time.time() - start:.1f} s.', flush=True)
     if not printed_params:
@@ -553,8 +619,9 @@ def _run(config: Config, logdir: pathlib.Path, stop: StopRequest,
       save_checkpoint()
     if not printed_params:
       printed_params = _print_params(agent)
-    # Rates of the first interval count from here (first update, pretraining and the first
-    # evaluation are timed above); its metrics include those of the pretraining updates.
+    # The first log interval starts here, with its rates (first update, pretraining and the
+    # first evaluation are timed above); its metrics include those of the pretraining updates.
+    should_log.start(state['step'])
     interval.update(time=time.time(), step=state['step'], updates=0, update_time=0.0)
     if state['step'] < total_steps:
       train_driver(train_policy, stop=lambda: bool(stop) or state['step'] >= total_steps)
@@ -564,6 +631,21 @@ def _run(config: Config, logdir: pathlib.Path, stop: StopRequest,
         f'{int(agent.updates.numpy()):,} updates; checkpoint {path}.', flush=True)
   return RunResult(state['step'], state['step'] * repeat, int(agent.updates.numpy()), path,
                    stop.signum)
+
+
+def _config_difference(config: Config, logdir: pathlib.Path) -> str:
+  """'config.yaml differs in: a, b; ' for the keys where the logdir's saved config differs from
+  `config` (logdir excluded), or '' when there is none or it cannot be read."""
+  from dreamerv2_tf.config import read_blocks  # pylint: disable=import-outside-toplevel
+  try:
+    old = Config(read_blocks(logdir / 'config.yaml'))
+  except (ConfigError, OSError):
+    return ''
+  missing = object()
+  get = lambda c, k: c[k] if k in c else missing  # pylint: disable=unnecessary-lambda-assignment
+  keys = sorted(set(old.flat_keys()) | set(config.flat_keys()))
+  changed = [k for k in keys if k != 'logdir' and get(old, k) != get(config, k)]
+  return f'{logdir / "config.yaml"} differs in: {", ".join(changed)}; ' if changed else ''
 
 
 def stored_agent_steps(replay: Any) -> int:

@@ -10,15 +10,18 @@ Files. `save_episode` writes one compressed `.npz` per episode, named
 names sort in saving order), atomically: a temporary file
 in the same folder, then `os.replace`. `load_episodes` reads a folder back (newest files first
 when a capacity is given) and skips, with a warning naming the file, anything that is not a
-readable episode: corrupt or truncated zips, foreign `.npz` files, arrays of unequal length,
-object arrays. Nothing on disk is ever deleted or rewritten by this module.
+readable episode: files that are not zip archives, corrupt or truncated zips, foreign `.npz`
+files, arrays of unequal length, object arrays. Episode files get the usual file permissions
+(0666 less the umask, 0644 by default). Nothing on disk is ever deleted or rewritten by this
+module.
 
 Replay. `Replay(directory, capacity, minlen)` loads the folder's episodes on construction (a
 restarted run resumes), takes new ones through `add_step` (per-worker accumulation, saved on
 `is_last`) or `add_episode`, and evicts the oldest episodes from memory (never from disk) when
 the stored agent steps would exceed `capacity`. Episodes shorter than `minlen` are neither saved
-nor stored; a log line says so. Memory holds the non-`log_` keys in CPU tf.Variables (a ring
-buffer of steps, see `Replay`).
+nor stored; a warning says so (logged at WARNING, at most one a minute with a count of the ones
+left out, so that it cannot flood the output). Memory holds the non-`log_` keys in CPU
+tf.Variables (a ring buffer of steps, see `Replay`).
 
 Sampling (`Replay.dataset`), exactly SPEC.md §6, per sequence:
   episode  ~ uniform over stored episodes with L >= T (whatever their length),
@@ -41,6 +44,7 @@ import os
 import pathlib
 import tempfile
 import threading
+import time
 import uuid
 import zipfile
 from typing import Any, Mapping
@@ -48,6 +52,35 @@ from typing import Any, Mapping
 import numpy as np
 
 logger = logging.getLogger(__name__)
+
+# Zip archives (every .npz) start with a local file header, or an end-of-central-directory
+# record when empty.
+ZIP_MAGIC = (b'PK\x03\x04', b'PK\x05\x06')
+
+
+class RateLimitedWarning:
+  """Logs a warning at most once per `seconds`; the next one that gets through says how many
+  were left out in between. One instance per kind of message.
+  """
+
+  def __init__(self, seconds: float = 60.0):
+    self.seconds = float(seconds)
+    self._last: float | None = None
+    self._suppressed = 0
+
+  def __call__(self, message: str, *args: Any) -> bool:
+    """Logs `message % args` at WARNING unless one was logged in the last `seconds`; returns
+    whether it was logged."""
+    now = time.monotonic()
+    if self._last is not None and now - self._last < self.seconds:
+      self._suppressed += 1
+      return False
+    if self._suppressed:
+      note = f' ({self._suppressed} more like this in the last {now - self._last:.0f} s)'
+      message = message[:-1] + note + '.' if message.endswith('.') else message + note
+    logger.warning(message, *args)
+    self._last, self._suppressed = now, 0
+    return True
 
 # Keys every stored episode must have (SPEC.md §1); others (e.g. `log_*`) are optional.
 REQUIRED_KEYS = ('image', 'reward', 'is_first', 'is_last', 'is_terminal', 'action')
@@ -120,6 +153,9 @@ def save_episode(directory: str | os.PathLike, episode: Mapping[str, Any]) -> pa
   try:
     with os.fdopen(fd, 'wb') as f:
       f.write(buffer.getbuffer())
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; episodes get the usual permissions
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
@@ -134,6 +170,15 @@ def load_episode(path: str | os.PathLike) -> dict[str, np.ndarray]:
   Raises:
     ValueError: naming the file, if it is not a readable, well-formed episode.
   """
+  try:
+    with open(path, 'rb') as f:
+      head = f.read(4)
+  except OSError as e:
+    raise ValueError(f'{path}: not a readable file ({type(e).__name__}: {e}).') from None
+  if head not in ZIP_MAGIC:
+    size = os.path.getsize(path)
+    raise ValueError(f'{path}: not a valid .npz ({size} bytes that do not start with a zip '
+                     f'header, starting {head!r}).') from None
   try:
     with np.load(path, allow_pickle=False) as data:
       episode = {key: data[key] for key in data.files}
@@ -152,8 +197,9 @@ def load_episodes(directory: str | os.PathLike, capacity: int | None = None,
   """Loads the episodes of a folder, oldest first.
 
   Files are read newest first (by file name, whose timestamp sorts chronologically) while the
-  loaded transitions stay within `capacity`, then returned oldest first. Files that fail to load are skipped with a warning naming them; episodes with
-  fewer than `minlen` transitions are skipped with a log line. Nothing is deleted.
+  loaded transitions stay within `capacity`, then returned oldest first. Files that fail to load
+  are skipped with a warning naming them; episodes with fewer than `minlen` transitions are
+  skipped with one warning for all of them. Nothing is deleted.
 
   Args:
     directory: episode folder; a missing folder gives {}.
@@ -168,7 +214,7 @@ def load_episodes(directory: str | os.PathLike, capacity: int | None = None,
     return {}
   paths = sorted((p for p in directory.glob('*.npz') if not p.name.startswith('.tmp-')),
                  reverse=True)
-  loaded, steps = [], 0
+  loaded, steps, short = [], 0, []
   for path in paths:
     try:
       episode = load_episode(path)
@@ -177,12 +223,15 @@ def load_episodes(directory: str | os.PathLike, capacity: int | None = None,
       continue
     length = episode_length(episode)
     if length < minlen:
-      logger.info('Skipping episode file %s: %d transitions < minlen %d.', path, length, minlen)
+      short.append((path, length))
       continue
     if capacity is not None and steps + length > capacity:
       break
     loaded.append((path.name, episode))
     steps += length
+  if short:  # one line for all of them
+    logger.warning('Skipping %d episode file(s) in %s shorter than replay minlen %d transitions '
+                   '(e.g. %s: %d).', len(short), directory, minlen, short[0][0].name, short[0][1])
   return dict(reversed(loaded))
 
 
@@ -204,7 +253,8 @@ class Replay:
     directory: episode folder (e.g. `<logdir>/train_episodes`); existing episodes are loaded.
     capacity: maximum transitions (agent steps) held in memory; None for unbounded. An episode
       longer than the capacity is saved to disk but not held (a warning says so).
-    minlen: episodes with fewer transitions are neither saved nor stored (a log line says so).
+    minlen: episodes with fewer transitions are neither saved nor stored (a rate-limited
+      warning says so).
     seed: seeds the sampling; dataset number k of this replay uses the stream (seed, k).
 
   Attributes:
@@ -243,6 +293,8 @@ class Replay:
     self._alloc = 0
     self._datasets = 0
     self._sample_fns: dict[tuple[int, int, bool], Any] = {}
+    self._warn_short = RateLimitedWarning()
+    self._warn_dropped = RateLimitedWarning()
     self.num_steps = 0
     self.total_steps = 0
     self.total_episodes = 0
@@ -371,8 +423,8 @@ class Replay:
     episode = check_episode(episode)
     length = episode_length(episode)
     if length < self.minlen:
-      logger.info('Not storing an episode of %d transitions (< replay minlen %d).',
-                  length, self.minlen)
+      self._warn_short('Not storing an episode of %d transitions in %s: shorter than replay '
+                       'minlen %d.', length, self.directory, self.minlen)
       return None
     self._check_spec(episode)
     path = save_episode(self.directory, episode)
@@ -383,7 +435,7 @@ class Replay:
     """Appends one transition of env `worker`; completes the episode on `is_last`.
 
     A transition with is_first True starts a new episode (an unfinished one of the same
-    worker is dropped with a log line; SPEC.md §8: never glued onto the next).
+    worker is dropped with a rate-limited warning; SPEC.md §8: never glued onto the next).
 
     Returns:
       The completed episode {key: [L, ...]} on is_last (saved and stored if L >= minlen),
@@ -396,8 +448,8 @@ class Replay:
     steps = self._ongoing[worker]
     if bool(transition['is_first']):
       if steps:
-        logger.info('Dropping an unfinished episode of %d transitions from worker %d.',
-                    len(steps), worker)
+        self._warn_dropped('Dropping an unfinished episode of %d transitions from worker %d.',
+                           len(steps), worker)
       steps.clear()
     elif not steps:
       raise ValueError(f'Worker {worker} sent a transition with is_first False before any '

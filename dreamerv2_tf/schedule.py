@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import re
 
-import tensorflow as tf
-
 _PATTERN = re.compile(r'^\s*(linear|warmup|exp|horizon)\((.*)\)\s*$')
 _ARITY = {'linear': 3, 'warmup': 2, 'exp': 3, 'horizon': 3}
 
@@ -47,6 +45,9 @@ def parse(spec) -> tuple[str, tuple[float, ...]]:
 
 def schedule(spec, step) -> tf.Tensor:
   """Value of `spec` at agent step `step` (int or tensor) as a float32 tensor."""
+  # TensorFlow is imported here, not at module level, so that `parse` can check a config before
+  # TensorFlow loads (validate.py, train.py's fast command-line errors).
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
   kind, args = parse(spec)
   step = tf.cast(step, tf.float32)
   if kind == 'constant':

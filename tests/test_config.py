@@ -115,3 +115,97 @@ def test_unknown_overlay_lists_valid_ones(tmp_path):
 
 def test_stray_argument_fails(tmp_path):
   _fails_fast(['--steps=10', 'oops'], tmp_path, "'oops'")
+
+
+# ----------------------------------------------------------------------------- validate
+
+@pytest.mark.parametrize('override, expected', [
+    ({'task': 'dmc_walker_wlk'}, ["'dmc_walker_wlk'", 'dmc_walker_walk']),
+    ({'dataset.batch': '0'}, ["'dataset.batch'", '0', '>= 1']),
+    ({'dataset.length': '-3'}, ["'dataset.length'", '-3', '>= 1']),
+    ({'envs': '0'}, ["'envs'", '>= 1']),
+    ({'actor_ent': 'foo'}, ["'actor_ent'", "'foo'", 'linear(initial,final,duration)']),
+    ({'actor.dist': 'gauss'}, ["'actor.dist'", "'gauss'", 'auto, onehot, trunc_normal']),
+    ({'actor_grad': 'dyn'}, ["'actor_grad'", "'dyn'", 'auto, reinforce, dynamics, both']),
+    ({'clip_rewards': 'clip'}, ["'clip_rewards'", "'clip'", 'tanh, identity']),
+    ({'render_size': '64'}, ["'render_size'", '[64]', 'two positive integers']),
+    ({'seed': '-1'}, ["'seed'", '-1', '>= 0']),
+    ({'time_limit': '-1'}, ["'time_limit'", '-1', '0 disables']),
+    ({'precision': '8'}, ["'precision'", '8', '16, 32']),
+    ({'discount': '1.5'}, ["'discount'", '1.5', '(0.0, 1.0]']),
+    ({'model_opt.lr': 'nan'}, ["'model_opt.lr'", 'nan', 'finite']),
+    ({'grad_heads': 'decoder,rewrd'}, ["'grad_heads'", 'rewrd', 'decoder, reward, discount']),
+    # time_limit 200 (debug): episodes hold at most 201 transitions.
+    ({'replay.minlen': '500'}, ["'replay.minlen'", '500', 'at most 201', 'prefill would never']),
+    ({'dataset.length': '300'}, ["'dataset.length'", '300', 'at most 201']),
+    ({'replay.capacity': '5'}, ["'replay.capacity'", '5', 'replay.minlen 10']),
+])
+def test_validate_names_key_value_and_what_is_allowed(override, expected):
+  from dreamerv2_tf.validate import validate
+  config = load_config(['atari', 'debug'], override)
+  with pytest.raises(ConfigError) as error:
+    validate(config)
+  for text in expected:
+    assert text in str(error.value), str(error.value)
+  assert '\n' not in str(error.value)
+
+
+def test_validate_accepts_the_overlays_and_edge_values():
+  from dreamerv2_tf.validate import validate
+  for names in (['atari'], ['dmc_vision'], ['atari', 'debug'], ['dmc_vision', 'debug']):
+    validate(load_config(names))
+  # 0 where it means none/never; minlen and length exactly one episode; no time limit.
+  validate(load_config(['atari', 'debug'], {
+      'prefill': 0, 'pretrain': 0, 'log_every': 0, 'seed': 0, 'replay.minlen': 201,
+      'dataset.length': 201, 'actor_ent': 'linear(3e-3,1e-3,1e6)', 'discount': 1.0}))
+  validate(load_config(['atari', 'debug'], {'time_limit': 0, 'replay.minlen': 5000,
+                                            'dataset.length': 5000}))
+
+
+@pytest.mark.parametrize('value', ['inf', '-inf', 'nan', '1e400'])
+def test_int_keys_reject_non_finite_values(value):
+  with pytest.raises(ConfigError, match=rf"'steps' expects a finite whole number .* got '{value}'"):
+    load_config([], {'steps': value})
+
+
+def test_dmc_task_list_matches_dm_control_suite():
+  """dmc.TASKS (checked without importing dm_control) is the installed suite's task list."""
+  import json
+  import subprocess
+  import sys
+  from conftest import tool_env
+  from dreamerv2_tf.envs import dmc
+  env = dict(tool_env(), MUJOCO_GL='egl')
+  result = subprocess.run(
+      [sys.executable, '-c', 'import json; from dm_control import suite; '
+       'print(json.dumps(sorted(suite.ALL_TASKS)))'],
+      capture_output=True, text=True, env=env, timeout=120, check=True)
+  suite_tasks = sorted(tuple(t) for t in json.loads(result.stdout.splitlines()[-1]))
+  assert sorted((d, t) for d, ts in dmc.TASKS.items() for t in ts) == suite_tasks
+  assert set(dmc.DOMAINS) == set(dmc.TASKS)
+
+
+def test_bad_values_fail_before_the_logdir_exists(tmp_path):
+  _fails_fast(['--task=dmc_walker_wlk'], tmp_path, "'dmc_walker_wlk'", 'dmc_walker_walk')
+  _fails_fast(['--steps=inf'], tmp_path, "'steps'", "'inf'")
+  _fails_fast(['--dataset.batch=0'], tmp_path, "'dataset.batch'", '>= 1')
+  _fails_fast(['--replay.minlen=500'], tmp_path, "'replay.minlen'", 'time_limit 200')
+
+
+def test_unparsable_yaml_is_a_one_line_config_error(tmp_path):
+  path = tmp_path / 'config.yaml'
+  path.write_text('task: atari_pong\nrssm: {deter: 32\n')
+  with pytest.raises(ConfigError, match=rf'cannot parse {path}: .*\(line 3, column 1\)$'):
+    read_blocks(path)
+  path.write_text('- a list\n')
+  with pytest.raises(ConfigError, match='expected a mapping'):
+    read_blocks(path)
+
+
+def test_parity_compare_corrupt_config_is_one_line(tmp_path, capsys):
+  from dreamerv2_tf.parity.__main__ import main as parity_main
+  (tmp_path / 'config.yaml').write_text('task: [atari_pong\n')
+  (tmp_path / 'metrics.jsonl').write_text('{"step": 4, "train_return": 1.0}\n')
+  assert parity_main(['compare', str(tmp_path)]) == 1
+  err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+  assert len(err) == 1 and f'cannot parse {tmp_path / "config.yaml"}' in err[0], err

@@ -447,3 +447,41 @@ def test_checkpoint_that_does_not_fit_the_config(run, tmp_path):
   with pytest.raises(export.ExportError, match='does not fit the agent'):
     export.export_policy(other, tmp_path / 'out')
   assert not (tmp_path / 'out').exists()
+
+
+def test_out_that_cannot_be_created_is_a_one_line_error(run, tmp_path, capsys, monkeypatch):
+  target = tmp_path / 'file.txt'
+  target.write_text('keep me')
+  # --out under a file (NotADirectoryError from mkdir before this check existed).
+  assert export.main(['--logdir', str(run[0]), '--out', str(target / 'models')]) == 2
+  err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+  assert len(err) == 1 and err[0].startswith('export: error: --out'), err
+  assert f'{target} is a file, not a folder' in err[0]
+  # No write permission (simulated: the tests may run as root, which chmod does not stop).
+  (tmp_path / 'empty').mkdir()
+  monkeypatch.setattr(export.os, 'access', lambda path, mode: False)
+  with pytest.raises(export.ExportError, match=f'no write permission in {tmp_path}'):
+    export.export_policy(run[0], tmp_path / 'new' / 'models')
+  with pytest.raises(export.ExportError, match='empty is not writable'):
+    export.export_policy(run[0], tmp_path / 'empty')
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['empty', 'file.txt']
+  assert not list((tmp_path / 'empty').iterdir())
+  assert target.read_text() == 'keep me'
+
+
+def test_corrupt_config_yaml_is_an_export_error(run, tmp_path):
+  other = tmp_path / 'run'
+  shutil.copytree(run[0] / 'checkpoints', other / 'checkpoints')
+  (other / 'config.yaml').write_text('task: atari_pong\nrssm: {deter: 32\n')
+  with pytest.raises(export.ExportError, match=f'cannot parse {other / "config.yaml"}: .*line 3'):
+    export.export_policy(other, tmp_path / 'out')
+  assert not (tmp_path / 'out').exists()
+
+
+def test_untrained_checkpoint_exports_with_a_warning(run, tmp_path, capsys):
+  # make_run's checkpoint holds an agent that was never updated (like a run stopped in
+  # prefill): the export works and says the policy is untrained.
+  assert export.checkpoint_updates(tf.train.latest_checkpoint(str(run[0] / 'checkpoints'))) == 0
+  export.export_policy(run[0], tmp_path / 'models')
+  err = capsys.readouterr().err
+  assert 'export: warning:' in err and 'the exported policy is untrained' in err

@@ -165,3 +165,50 @@ def test_sampling_is_seeded_and_checks_content(tmp_path):
     replay.add_episode({'reward': np.zeros(20)})
   with pytest.raises(ValueError, match='capacity'):
     Replay(tmp_path, capacity=0)
+
+
+def test_episode_files_get_the_usual_permissions_and_garbage_is_named(tmp_path):
+  import os
+  from dreamerv2_tf.replay import load_episode
+  umask = os.umask(0o022)
+  try:
+    path = save_episode(tmp_path, make_episode(12))
+  finally:
+    os.umask(umask)
+  assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+  garbage = tmp_path / 'garbage.npz'
+  garbage.write_bytes(b'garbage')  # 7 bytes: numpy would call this pickled data
+  with pytest.raises(ValueError, match=r'garbage.npz: not a valid .npz \(7 bytes') as error:
+    load_episode(garbage)
+  assert 'pickle' not in str(error.value)
+  npy = tmp_path / 'array.npz'
+  with open(npy, 'wb') as f:
+    np.save(f, np.zeros(3))  # a .npy under an .npz name
+  with pytest.raises(ValueError, match='not a valid .npz'):
+    load_episode(npy)
+
+
+def test_short_episode_warnings_are_visible_and_rate_limited(tmp_path, caplog, monkeypatch):
+  from dreamerv2_tf import replay as replay_lib
+  clock = [1000.0]
+  monkeypatch.setattr(replay_lib.time, 'monotonic', lambda: clock[0])
+  replay = Replay(tmp_path, capacity=None, minlen=10)
+  with caplog.at_level(logging.WARNING, logger='dreamerv2_tf.replay'):
+    for _ in range(50):  # 50 short episodes within a minute: one warning
+      assert replay.add_episode(make_episode(4)) is None
+    clock[0] += 61
+    replay.add_episode(make_episode(5))
+  records = [r for r in caplog.records if r.name == 'dreamerv2_tf.replay']
+  assert [r.levelno for r in records] == [logging.WARNING] * 2
+  assert 'episode of 4 transitions' in records[0].getMessage()
+  assert 'minlen 10' in records[0].getMessage()
+  assert records[1].getMessage().endswith('minlen 10 (49 more like this in the last 61 s).')
+  assert not list(tmp_path.glob('*.npz'))
+  # Loading a folder of short episodes: one warning for all of them.
+  for _ in range(3):
+    save_episode(tmp_path, make_episode(4))
+  caplog.clear()
+  with caplog.at_level(logging.WARNING, logger='dreamerv2_tf.replay'):
+    assert load_episodes(tmp_path, minlen=10) == {}
+  assert len(caplog.records) == 1
+  assert 'Skipping 3 episode file(s)' in caplog.records[0].getMessage()

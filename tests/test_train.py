@@ -143,6 +143,18 @@ def test_every_fires_first_then_each_period():
   assert not any(Every(0)(s) for s in range(5))
 
 
+def test_every_start_begins_the_period_without_firing():
+  # The log interval starts when training starts: its first period is a whole one, not the
+  # single agent step after the first call (which made the first rates ~100x too low).
+  every = Every(300)
+  every.start(400)
+  assert [s for s in range(401, 1201) if every(s)] == [700, 1000]
+  restored = Every(300)
+  restored.last = 401  # from a checkpoint: start() keeps it
+  restored.start(900)
+  assert restored(1001) and restored.last == 1001
+
+
 def test_mean_and_param_table():
   mean = Mean()
   mean.add({'a': np.float32(1), 'b': 2.0})
@@ -268,6 +280,118 @@ def test_evaluate_without_run_fails_cleanly(tmp_path):
   assert 'config.yaml' in result.stderr
 
 
+def test_unreadable_checkpoint_falls_back_and_is_kept(tmp_path, capsys):
+  import tensorflow as tf
+  from dreamerv2_tf.checkpoint import CheckpointError, Checkpointer, latest_readable
+
+  step = tf.Variable(0, dtype=tf.int64)
+  module = tf.Module()
+  module.w = tf.Variable(tf.zeros(5000))  # a data file large enough to cut
+  ckpt = Checkpointer(tmp_path, step, agent=module)
+  for number in (100, 200, 300):
+    step.assign(number)
+    module.w.assign(tf.fill([5000], float(number)))
+    ckpt.save()
+  data = tmp_path / 'ckpt-300.data-00000-of-00001'
+  good_bytes = data.read_bytes()
+  data.write_bytes(good_bytes[:len(good_bytes) // 2])  # a copy cut short
+  # Read-only lookup (evaluate, export): the newest readable one, nothing moved.
+  assert latest_readable(tmp_path) == str(tmp_path / 'ckpt-200')
+  assert 'ckpt-300 cannot be read (IndexError' in capsys.readouterr().out
+  assert data.exists()
+  # The training loop's restore: falls back, keeps the bad files under another name.
+  fresh = Checkpointer(tmp_path, step, agent=module)
+  assert fresh.restore_readable() is not None
+  assert int(step.numpy()) == 200 and float(module.w[0]) == 200.0
+  out = capsys.readouterr().out
+  assert 'ckpt-300 cannot be read' in out and 'unreadable-' in out
+  aside = sorted(p.name for p in tmp_path.glob('unreadable-*'))
+  assert len(aside) == 2 and aside[0].endswith('-ckpt-300.data-00000-of-00001')
+  assert (tmp_path / aside[0]).read_bytes() == good_bytes[:len(good_bytes) // 2]
+  assert fresh.latest == str(tmp_path / 'ckpt-200')
+  assert [pathlib.Path(p).name for p in fresh.manager.checkpoints] == ['ckpt-100', 'ckpt-200']
+  # Saving again at step 300 and beyond never touches the kept files (the manager rotates
+  # only its own list).
+  for number in (300, 400, 500, 600):
+    step.assign(number)
+    fresh.save()
+  assert sorted(p.name for p in tmp_path.glob('unreadable-*')) == aside
+  assert tf.train.latest_checkpoint(str(tmp_path)) == str(tmp_path / 'ckpt-600')
+  # Nothing readable: a clear error naming each checkpoint, nothing moved.
+  for path in tmp_path.glob('ckpt-*.data-*'):
+    path.write_bytes(b'')
+  before = sorted(p.name for p in tmp_path.iterdir())
+  with pytest.raises(CheckpointError, match='ckpt-600 .*ckpt-500 .*ckpt-400 '):
+    Checkpointer(tmp_path, step, agent=module).restore_readable()
+  assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def _pong_run(logdir: pathlib.Path):
+  """A run folder as the loop leaves it (config.yaml + a checkpoint of a debug Pong agent with
+  0 updates), by test_export's helper; returns the saved config."""
+  from test_export import make_run  # pylint: disable=import-outside-toplevel
+  _, config = make_run(logdir)
+  config = config.update({'logdir': str(logdir)})
+  config.save(logdir / 'config.yaml')
+  return config
+
+
+def test_checkpoint_of_another_config_leaves_config_yaml_unchanged(tmp_path):
+  from dreamerv2_tf import loop
+  from dreamerv2_tf.config import ConfigError
+  logdir = tmp_path / 'run'
+  config = _pong_run(logdir)
+  saved = (logdir / 'config.yaml').read_bytes()
+  wider = config.update({'rssm.deter': 2 * config.rssm.deter})
+  with pytest.raises(ConfigError) as error:
+    loop.run(wider, logdir, stop=loop.StopRequest())
+  message = str(error.value)
+  assert 'does not fit this config' in message and 'differs in: rssm.deter;' in message
+  assert f'resume with the config saved in {logdir / "config.yaml"}' in message
+  assert (logdir / 'config.yaml').read_bytes() == saved  # still the config of the checkpoint
+  assert not list(logdir.glob('config.yaml.previous-*'))
+  assert not list(logdir.glob('events.out.tfevents.*'))  # no logger started
+
+
+def test_logdir_of_another_task_or_action_repeat_is_refused(tmp_path):
+  from dreamerv2_tf import loop
+  from dreamerv2_tf.config import ConfigError
+  logdir = tmp_path / 'run'
+  config = load_config(['atari', 'debug'], {'logdir': str(logdir)})
+  config.save(logdir / 'config.yaml')
+  saved = (logdir / 'config.yaml').read_bytes()
+  for key, value in (('task', 'atari_space_invaders'), ('action_repeat', 2)):
+    with pytest.raises(ConfigError) as error:
+      loop.run(config.update({key: value}), logdir, stop=loop.StopRequest())
+    message = str(error.value)
+    assert f'{key} {config[key]!r}' in message and f'{key} {value!r}' in message
+    assert 'new --logdir' in message and '\n' not in message
+  assert sorted(p.name for p in logdir.iterdir()) == ['config.yaml']
+  assert (logdir / 'config.yaml').read_bytes() == saved
+
+
+def _one_line_error(capsys, prefix):
+  lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+  errors = [l for l in lines if l.startswith(prefix)]
+  assert len(errors) == 1 and 'Traceback' not in '\n'.join(lines), lines
+  return errors[0]
+
+
+def test_evaluate_mismatched_or_corrupt_config_is_one_line(tmp_path, capsys):
+  from dreamerv2_tf import evaluate
+  logdir = tmp_path / 'run'
+  config = _pong_run(logdir)
+  config.update({'rssm.deter': 2 * config.rssm.deter}).save(logdir / 'config.yaml')
+  assert evaluate.main(['--logdir', str(logdir), '--episodes', '1']) == 2
+  line = _one_line_error(capsys, 'evaluate: error:')
+  assert 'does not fit the agent of' in line and 'ckpt-1234' in line
+  (logdir / 'config.yaml').write_text('task: [atari_pong\n')
+  assert evaluate.main(['--logdir', str(logdir), '--episodes', '1']) == 2
+  line = _one_line_error(capsys, 'evaluate: error:')
+  assert f'cannot parse {logdir / "config.yaml"}' in line and 'line 2' in line
+  assert not (logdir / 'evaluation.json').exists()
+
+
 # ----------------------------------------------------------------------------- end to end
 
 DEBUG = read_blocks()['debug']
@@ -348,12 +472,22 @@ def test_debug_run_end_to_end(debug_run):
   assert len(eval_eps) == evals and all(r['eval_length'] == limit for r in eval_eps)
   assert eval_eps[0]['step'] == prefill_end * REPEAT
   assert all(-limit <= r['eval_return'] <= limit for r in eval_eps)
-  assert len(intervals) == len(range(prefill_end + 1, steps + 1, DEBUG['log_every']))
+  # The first log interval starts with training: a whole log_every long, not one agent step.
+  log_every = DEBUG['log_every']
+  assert len(intervals) == len(range(prefill_end + log_every, steps + 1, log_every))
   for r in intervals:
     for key in ('model_loss', 'image_loss', 'reward_loss', 'model_kl', 'actor_loss',
                 'critic_loss', 'fps', 'updates_per_sec'):
       assert math.isfinite(r[key]), (key, r)
-  assert intervals[0]['step'] == (prefill_end + 1) * REPEAT
+  assert intervals[0]['step'] == (prefill_end + log_every) * REPEAT
+  # Its terminal train_return averages only the training episodes finished in it (prefill ones
+  # excluded): here the single one ending at agent step prefill_end + time_limit.
+  first = [r['train_return'] for r in train_eps
+           if prefill_end * REPEAT < r['step'] <= intervals[0]['step']]
+  assert len(first) == 1
+  line, = [l for l in out.splitlines() if l.startswith(f'[frames {intervals[0]["step"]:,}]')
+           and 'model_loss' in l]
+  assert re.search(rf'train_return {re.escape(logger_lib.format_value(first[0]))}( \||$)', line)
   assert intervals[-1]['updates'] <= expected_updates(steps, prefill_end)
   assert [r['step'] for r in records] == sorted(r['step'] for r in records)
   assert max(r['step'] for r in records) == steps * REPEAT

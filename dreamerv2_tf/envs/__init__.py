@@ -43,7 +43,7 @@ from dreamerv2_tf.seeding import MODES, env_seed
 
 __all__ = [
     'SUITES', 'MODES', 'ActSpace', 'Env', 'VecEnv', 'make_env', 'make_vec_env', 'env_seed',
-    'check_action', 'parse_task']
+    'check_action', 'check_task', 'parse_task']
 
 SUITES = ['atari', 'dmc']
 
@@ -60,6 +60,21 @@ def parse_task(task: str) -> tuple[str, str]:
         f"Unknown task '{task}': expected <suite>_<name> with suite in {SUITES}, e.g. "
         f"atari_pong, atari_james_bond, dmc_walker_walk, dmc_cheetah_run.")
   return suite, name
+
+
+def check_task(task: str) -> None:
+  """Checks a task name without building anything (no emulator, no dm_control import): the
+  suite, then the Atari game (ale-py's ROM ids) or the DMC domain and task (`dmc.TASKS`).
+
+  Raises:
+    ValueError: naming the task and the valid or closest names.
+  """
+  from dreamerv2_tf.envs import atari, dmc  # pylint: disable=g-import-not-at-top
+  suite, name = parse_task(task)
+  if suite == 'atari':
+    atari.rom_id(name)
+  else:
+    dmc.check_task(name)
 
 
 def _settings(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -108,7 +123,7 @@ def make_env(task: str, config: Mapping[str, Any], mode: str = 'train',
     act_space = gym_env.act_space
   else:
     from dreamerv2_tf.envs import dmc  # pylint: disable=g-import-not-at-top
-    dmc.split_task(name)
+    dmc.check_task(name)
     gym_env = ProcessEnv(functools.partial(_build, suite, name, settings))
     act_space = ActSpace(False, int(gym_env.action_space.shape[0]))
   return Env(gym_env, act_space, env_seed(seed, mode, 0))
@@ -142,7 +157,7 @@ class VecEnv:
     spaces = None
     if suite == 'dmc':
       from dreamerv2_tf.envs import dmc  # pylint: disable=g-import-not-at-top
-      dmc.split_task(name)
+      dmc.check_task(name)
       spaces = dmc.probe_spaces(name, settings['size'], settings['camera'],
                                 settings['action_repeat'])
     fns = [functools.partial(_build, suite, name, settings, spaces) for _ in range(self.num)]

@@ -18,6 +18,7 @@ Rendering is sped up by `vis.quality.offsamples = 0` (no multisampling) and `sha
 
 from __future__ import annotations
 
+import difflib
 import functools
 import os
 import sys
@@ -33,6 +34,52 @@ DOMAINS = (
     'acrobot', 'ball_in_cup', 'cartpole', 'cheetah', 'dog', 'finger', 'fish', 'hopper',
     'humanoid_CMU', 'humanoid', 'lqr', 'manipulator', 'pendulum', 'point_mass', 'quadruped',
     'reacher', 'stacker', 'swimmer', 'walker')
+
+
+# Tasks of dm_control 1.0.50's suite (`suite.ALL_TASKS`), so a task name can be checked in a
+# process that must not import dm_control (tests/test_config.py compares it with the suite).
+TASKS = {
+    'acrobot': ('swingup', 'swingup_sparse'),
+    'ball_in_cup': ('catch',),
+    'cartpole': ('balance', 'balance_sparse', 'swingup', 'swingup_sparse', 'three_poles',
+                 'two_poles'),
+    'cheetah': ('run',),
+    'dog': ('fetch', 'run', 'stand', 'trot', 'walk'),
+    'finger': ('spin', 'turn_easy', 'turn_hard'),
+    'fish': ('swim', 'upright'),
+    'hopper': ('hop', 'stand'),
+    'humanoid': ('run', 'run_pure_state', 'stand', 'walk'),
+    'humanoid_CMU': ('run', 'stand', 'walk'),
+    'lqr': ('lqr_2_1', 'lqr_6_2'),
+    'manipulator': ('bring_ball', 'bring_peg', 'insert_ball', 'insert_peg'),
+    'pendulum': ('swingup',),
+    'point_mass': ('easy', 'hard'),
+    'quadruped': ('escape', 'fetch', 'run', 'walk'),
+    'reacher': ('easy', 'hard'),
+    'stacker': ('stack_2', 'stack_4'),
+    'swimmer': ('swimmer15', 'swimmer6'),
+    'walker': ('run', 'stand', 'walk'),
+}
+
+
+def check_task(name: str) -> tuple[str, str]:
+  """Checks `<domain>_<task>` against the suite's tasks (`TASKS`) without importing dm_control;
+  returns (domain, task).
+
+  Raises:
+    ValueError: an unknown domain (lists the domains) or task (lists the domain's tasks and
+      the closest names).
+  """
+  domain, task = split_task(name)
+  tasks = TASKS.get(domain, ())
+  if task not in tasks:
+    every = [f'dmc_{d}_{t}' for d, ts in TASKS.items() for t in ts]
+    close = difflib.get_close_matches(f'dmc_{name}', every, n=3, cutoff=0.6)
+    hint = f' Did you mean: {", ".join(close)}?' if close else ''
+    raise ValueError(
+        f"Unknown DMC task 'dmc_{name}'.{hint} Tasks of the domain {domain}: "
+        f"{', '.join(f'dmc_{domain}_{t}' for t in tasks)}.")
+  return domain, task
 
 
 def split_task(name: str) -> tuple[str, str]:
@@ -173,7 +220,7 @@ def _probe(name: str, size: Sequence[int], camera: int, action_repeat: int):
 def probe_spaces(name: str, size: tuple[int, ...], camera: int,
                  action_repeat: int) -> tuple[gym.Space, gym.Space]:
   """Inner (image, action) spaces of a DMC task, read in a short-lived TF-free worker process."""
-  split_task(name)  # fail fast on a bad name, before starting a process
+  check_task(name)  # fail fast on a bad name, before starting a process
   probe = ProcessEnv(functools.partial(_ProbeEnv, name, size, camera, action_repeat))
   spaces = probe.observation_space, probe.action_space
   probe.close()

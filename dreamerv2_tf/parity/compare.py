@@ -123,16 +123,17 @@ class Report:
 
 def read_config_task(logdir: pathlib.Path) -> tuple[str, int | None]:
   """(task, action_repeat) from `<logdir>/config.yaml`. ParityError if missing or unusable."""
-  import ruamel.yaml  # Imported here: only needed when no --task is given.
+  # pylint: disable-next=import-outside-toplevel  (only needed when no --task is given)
+  from dreamerv2_tf.config import ConfigError, read_blocks
   path = logdir / 'config.yaml'
   if not path.is_file():
     raise ParityError(
         f'No config.yaml in {str(logdir)!r}, so its task is unknown: pass --task (e.g. '
         '--task atari_pong).')
   try:
-    config = ruamel.yaml.YAML(typ='safe', pure=True).load(path.read_text())
-  except Exception as e:  # ruamel raises many error types for bad YAML.
-    raise ParityError(f'Cannot parse {str(path)!r} as YAML: {e}') from None
+    config = read_blocks(path)  # one-line ConfigError for YAML that does not parse
+  except ConfigError as e:
+    raise ParityError(f'{e}; pass --task to compare without it.') from None
   if not isinstance(config, dict) or not isinstance(config.get('task'), str):
     raise ParityError(f'{str(path)!r} has no string key "task"; pass --task.')
   repeat = config.get('action_repeat')

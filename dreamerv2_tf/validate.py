@@ -1,0 +1,164 @@
+"""Checks a full config's values before anything runs (SPEC.md §2–§6).
+
+Called by train.py, evaluate, export and import_authors.
+
+`Config.update` already checks keys and types (config.py); `validate` checks what a value of the
+right type may still get wrong, so that a bad command line fails in one line before the logdir
+is created, TensorFlow loads or an environment starts:
+
+- the task (suite, Atari game, DMC domain and task; envs.check_task, no dm_control import);
+- sizes and counts: positive (`dataset.batch`, `rssm.deter`, ...) or non-negative (`seed`,
+  `prefill`, `time_limit`, `log_every`, ...), in agent steps where they are step counts;
+- choices: `precision` 16/32, `actor.dist`, `actor_grad`, `clip_rewards`, `grad_heads`;
+- schedules (`actor_ent`, `actor_grad_mix`) parse (schedule.parse);
+- `render_size` is two positive ints; floats are finite and in range (`discount` in (0, 1],
+  learning rates > 0, ...);
+- replay lengths fit the episodes: with `time_limit` T > 0 every episode has at most T + 1
+  transitions (T agent steps plus the reset row), so `replay.minlen` > T + 1 would store no
+  episode (prefill would never end) and `dataset.length` > T + 1 would sample none.
+
+No TensorFlow is imported here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+from dreamerv2_tf.config import ConfigError
+
+# Keys that count something and must be >= 1.
+POSITIVE_INTS = (
+    'envs', 'action_repeat', 'steps', 'eval_eps', 'train_every', 'train_steps',
+    'replay.capacity', 'replay.minlen', 'dataset.batch', 'dataset.length',
+    'rssm.hidden', 'rssm.deter', 'rssm.stoch', 'rssm.discrete',
+    'encoder.cnn_depth', 'decoder.cnn_depth', 'reward_head.units', 'discount_head.units',
+    'actor.units', 'critic.units', 'imag_horizon', 'slow_target_update')
+# Keys where 0 is meaningful (none, disabled, never) and only negatives are wrong.
+NON_NEGATIVE_INTS = {
+    'seed': 'seeds are non-negative integers',
+    'prefill': '0 means no random prefill beyond one episode',
+    'pretrain': '0 means no pretraining updates',
+    'time_limit': '0 disables the time limit',
+    'log_every': '0 never logs training metrics',
+    'eval_every': '0 never evaluates during training',
+    'dataset.prefetch': '0 disables prefetching',
+    'reward_head.layers': 'hidden layers', 'discount_head.layers': 'hidden layers',
+    'actor.layers': 'hidden layers', 'critic.layers': 'hidden layers',
+}
+CHOICES = {
+    'precision': (16, 32),
+    'actor.dist': ('auto', 'onehot', 'trunc_normal'),
+    'actor_grad': ('auto', 'reinforce', 'dynamics', 'both'),
+    'clip_rewards': ('tanh', 'identity'),
+}
+SCHEDULES = ('actor_ent', 'actor_grad_mix')
+GRAD_HEADS = ('decoder', 'reward', 'discount')
+# Float ranges: (low, high, low inclusive, high inclusive); None is unbounded.
+FLOAT_RANGES = {
+    'discount': (0.0, 1.0, False, True),
+    'discount_lambda': (0.0, 1.0, True, True),
+    'atari_sticky': (0.0, 1.0, True, True),
+    'kl.balance': (0.0, 1.0, True, True),
+    'kl.free': (0.0, None, True, False),
+    'slow_target_fraction': (0.0, 1.0, False, True),
+    'model_opt.lr': (0.0, None, False, False),
+    'actor_opt.lr': (0.0, None, False, False),
+    'critic_opt.lr': (0.0, None, False, False),
+    'actor.min_std': (0.0, None, True, False),
+}
+
+
+def _fail(key: str, value: Any, allowed: str) -> ConfigError:
+  return ConfigError(f"Config key '{key}' is {value!r}; {allowed}.")
+
+
+def _leaves(config: Mapping[str, Any], prefix: str = ''):
+  for key, value in config.items():
+    if isinstance(value, Mapping):
+      yield from _leaves(value, f'{prefix}{key}.')
+    else:
+      yield f'{prefix}{key}', value
+
+
+def validate(config: Mapping[str, Any], check_task: bool = True) -> None:
+  """Raises ConfigError for the first value of `config` that cannot work (module docstring).
+
+  Args:
+    config: a full Config (load_config / train.build_config), keys as in configs.yaml.
+    check_task: also check the task name (envs.check_task: suite, Atari game, DMC task).
+  Raises:
+    ConfigError: one line naming the key, the value and what is allowed.
+  """
+  for key in POSITIVE_INTS:
+    if int(config[key]) < 1:
+      raise _fail(key, config[key], 'it must be a positive integer (>= 1)')
+  for key, meaning in NON_NEGATIVE_INTS.items():
+    if int(config[key]) < 0:
+      raise _fail(key, config[key], f'it must be >= 0 ({meaning})')
+  if int(config['dmc_camera']) < -1:
+    raise _fail('dmc_camera', config['dmc_camera'],
+                'allowed: -1 (camera 2 for quadruped, 0 otherwise) or a camera id >= 0')
+  for key, choices in CHOICES.items():
+    if config[key] not in choices:
+      raise _fail(key, config[key], f'allowed: {", ".join(map(str, choices))}')
+  for key, value in _leaves(config):
+    if isinstance(value, float) and not math.isfinite(value):
+      raise _fail(key, value, 'it must be a finite number')
+  for key, (low, high, low_in, high_in) in FLOAT_RANGES.items():
+    value = float(config[key])
+    if ((low is not None and (value < low or (value == low and not low_in))) or
+        (high is not None and (value > high or (value == high and not high_in)))):
+      interval = (f'{"[" if low_in else "("}{"-inf" if low is None else low}, '
+                  f'{"inf" if high is None else high}{"]" if high_in else ")"}')
+      raise _fail(key, value, f'it must lie in {interval}')
+  from dreamerv2_tf import schedule  # pylint: disable=import-outside-toplevel
+  for key in SCHEDULES:
+    try:
+      schedule.parse(config[key])
+    except ValueError as e:
+      raise ConfigError(f"Config key '{key}': {e}") from None
+  size = config['render_size']
+  if (len(size) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1
+                            for s in size)):
+    raise _fail('render_size', size, 'it must be two positive integers [height, width], e.g. '
+                '[64, 64]')
+  unknown = [h for h in config['grad_heads'] if h not in GRAD_HEADS]
+  if unknown:
+    raise _fail('grad_heads', list(config['grad_heads']),
+                f'allowed heads: {", ".join(GRAD_HEADS)}')
+  for part in ('encoder', 'decoder'):
+    kernels = config[f'{part}.cnn_kernels']
+    if not kernels or any(int(k) < 1 for k in kernels):
+      raise _fail(f'{part}.cnn_kernels', list(kernels), 'it must be a non-empty list of '
+                  'positive kernel sizes')
+  _check_lengths(config)
+  if check_task:
+    from dreamerv2_tf import envs  # pylint: disable=import-outside-toplevel
+    try:
+      envs.check_task(config['task'])
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+
+
+def _check_lengths(config: Mapping[str, Any]) -> None:
+  """Replay lengths against the episodes' longest possible length (module docstring)."""
+  limit = int(config['time_limit'])
+  minlen, length = int(config['replay.minlen']), int(config['dataset.length'])
+  capacity = int(config['replay.capacity'])
+  if limit > 0 and minlen > limit + 1:
+    raise ConfigError(
+        f"Config key 'replay.minlen' is {minlen} transitions, but with time_limit {limit} "
+        f'every episode has at most {limit + 1} (the reset row plus {limit} agent steps): no '
+        f'episode would be stored and prefill would never end. Use replay.minlen <= '
+        f'{limit + 1} or a larger time_limit.')
+  if limit > 0 and length > limit + 1:
+    raise ConfigError(
+        f"Config key 'dataset.length' is {length} transitions, but with time_limit {limit} "
+        f'every episode has at most {limit + 1}: no training sequence could be sampled. Use '
+        f'dataset.length <= {limit + 1} or a larger time_limit.')
+  for key, value in (('replay.minlen', minlen), ('dataset.length', length)):
+    if capacity < value:
+      raise ConfigError(
+          f"Config key 'replay.capacity' is {capacity} transitions, less than {key} {value}: "
+          'no episode long enough could be held in memory.')
