@@ -2,9 +2,9 @@
 
 Loads `<logdir>/config.yaml` and the latest checkpoint in `<logdir>/checkpoints` (or
 `--checkpoint PREFIX`), plays N episodes with the actor's mode (SPEC.md §6, §8: `policy(...,
-mode='eval')`; the latent is still sampled) in a fresh evaluation environment, prints the mean
-and standard deviation (population, ddof 0) of the returns, and writes `<logdir>/evaluation.json`
-atomically:
+mode='eval')`; the latent is sampled unless the run's `eval_state_mean` is true) in a fresh
+evaluation environment, prints the mean and standard deviation (population, ddof 0) of the
+returns, and writes `<logdir>/evaluation.json` atomically:
 
   {"checkpoint": prefix, "task": str, "agent_step": int, "frames": int, "seed": int,
    "episodes": N, "returns": [float], "lengths": [int agent steps], "mean": float, "std": float}
