@@ -430,19 +430,16 @@ def _run(config: Config, logdir: pathlib.Path, stop: StopRequest,
   train_metrics = Mean()
   datasets: dict[str, Any] = {}
 
-  def train_batch():
-    if 'train' not in datasets:
-      datasets['train'] = iter(train_replay.dataset(
+  def next_batch(name, replay):
+    # Built on first use: the replay holds enough episodes only after prefill.
+    if name not in datasets:
+      datasets[name] = iter(replay.dataset(
           int(config.dataset.batch), int(config.dataset.length),
           bool(config.replay.prioritize_ends), int(config.dataset.prefetch)))
-    return next(datasets['train'])
+    return next(datasets[name])
 
-  def eval_batch():
-    if 'eval' not in datasets:
-      datasets['eval'] = iter(eval_replay.dataset(
-          int(config.dataset.batch), int(config.dataset.length),
-          bool(config.replay.prioritize_ends), int(config.dataset.prefetch)))
-    return next(datasets['eval'])
+  train_batch = lambda: next_batch('train', train_replay)
+  eval_batch = lambda: next_batch('eval', eval_replay)
 
   def train_update():
     step_var.assign(state['step'])
