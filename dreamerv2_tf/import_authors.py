@@ -876,7 +876,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       print(f'Environment check: {check_env(imported)}.')
     path = write_logdir(imported, args.logdir)
   except (AuthorsImportError, ConfigError) as e:
-    print(f'error: {e}', file=sys.stderr)
+    print(f'import_authors: error: {e}', file=sys.stderr)
     return 1
   config = translation.config.update({'logdir': str(pathlib.Path(args.logdir).expanduser())})
   print(f'Wrote {pathlib.Path(args.logdir) / "config.yaml"} and checkpoint {path} '

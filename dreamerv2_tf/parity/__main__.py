@@ -227,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     return args.run(args)
   except ParityError as e:
-    print(f'error: {e}', file=sys.stderr)
+    print(f'parity: error: {e}', file=sys.stderr)
     return 1
   except BrokenPipeError:  # Output piped into e.g. `head`, which closed early.
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
