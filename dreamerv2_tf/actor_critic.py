@@ -146,9 +146,9 @@ class ActorCritic(tf.Module):
     with tf.GradientTape() as actor_tape:
       seq = world_model.imagine(self.policy, start, is_terminal, self.imag_horizon)
       seq['reward'] = world_model.head_dist('reward', seq['feat']).mode()
-      target, mets = self.target(seq)
+      target, value, mets = self._target_and_value(seq)
       metrics.update(mets)
-      actor_loss, mets = self.actor_loss(seq, target, step)
+      actor_loss, mets = self.actor_loss(seq, target, step, value)
       metrics.update(mets)
       scaled = self.actor_opt.scale(actor_loss)
     with tf.GradientTape() as critic_tape:
@@ -166,22 +166,41 @@ class ActorCritic(tf.Module):
     return metrics
 
   def target(self, seq: dict):
-    """λ-returns [H, N] over the first H states, values from the target critic."""
+    """λ-returns [H, N] over the first H states, values from the target critic.
+
+    Returns (target [H, N] float32, metrics `critic_slow`, `critic_target`).
+    """
+    target, _, metrics = self._target_and_value(seq)
+    return target, metrics
+
+  def _target_and_value(self, seq: dict):
     reward = tf.cast(seq['reward'], tf.float32)
     disc = tf.cast(seq['discount'], tf.float32)
     value = self.value(seq['feat'], target=self.slow_target)
     target = lambda_return(reward[:-1], value[:-1], disc[:-1], value[-1],
                            self.discount_lambda, axis=0)
-    return target, {'critic_slow': tf.reduce_mean(value),
-                    'critic_target': tf.reduce_mean(target)}
+    return target, value, {'critic_slow': tf.reduce_mean(value),
+                           'critic_target': tf.reduce_mean(target)}
 
-  def actor_loss(self, seq: dict, target: tf.Tensor, step):
-    """−mean_t w_t·(objective_t + η·entropy_t) over t = 0 … H − 2 (see the module diagram)."""
+  def actor_loss(self, seq: dict, target: tf.Tensor, step, value: tf.Tensor | None = None):
+    """−mean_t w_t·(objective_t + η·entropy_t) over t = 0 … H − 2 (see the module diagram).
+
+    Args:
+      seq: imagined trajectory, time-major [H + 1, N, ...]; target: λ-returns [H, N];
+      step: agent step for the schedules; value: the values [H + 1, N] that `target` used,
+        reused as the reinforce baseline when it comes from the same network (saves one
+        critic pass over the trajectory); None recomputes it.
+    Returns:
+      (loss scalar float32, metrics `actor_ent`, `actor_ent_scale`).
+    """
     policy = self.policy(tf.stop_gradient(seq['feat'][:-2]))
     if self.actor_grad == 'dynamics':
       objective = target[1:]
     else:
-      baseline = self.value(seq['feat'][:-2], target=self.slow_baseline)
+      if value is not None and self.slow_baseline == self.slow_target:
+        baseline = value[:-2]
+      else:
+        baseline = self.value(seq['feat'][:-2], target=self.slow_baseline)
       advantage = tf.stop_gradient(target[1:] - baseline)
       action = tf.cast(seq['action'][1:-1], tf.float32)
       objective = policy.log_prob(action) * advantage

@@ -44,6 +44,7 @@ class Optimizer(tf.Module):
     return self.opt.iterations
 
   def loss_scale(self) -> tf.Tensor:
+    """Current dynamic loss scale (float32 scalar; 1.0 without mixed precision)."""
     return tf.cast(self.opt.dynamic_scale, tf.float32) if self.mixed else tf.constant(1.0)
 
   def scale(self, loss: tf.Tensor) -> tf.Tensor:

@@ -404,3 +404,20 @@ def test_debug_model_fits_a_fixed_batch(pong_batch):
   before = float(first['image_loss']) - constant
   after = float(last['image_loss']) - constant
   assert np.isfinite(after) and after < 0.5 * before, (before, after)
+
+
+def test_reused_baseline_equals_recomputed_one():
+  """The train step reuses the target critic's values as the reinforce baseline."""
+  agent, _ = make_agent('atari', 'debug')
+  ac = agent.ac
+  rng = np.random.default_rng(8)
+  start = {'deter': tf.constant(rng.normal(size=(2, 3, 32)), tf.float32),
+           'stoch': tf.one_hot(rng.integers(0, 4, (2, 3, 4)), 4),
+           'logit': tf.zeros([2, 3, 4, 4])}
+  seq = agent.wm.imagine(ac.policy, start, None, 3)
+  seq['reward'] = agent.wm.head_dist('reward', seq['feat']).mode()
+  target, value, _ = ac._target_and_value(seq)
+  reused, _ = ac.actor_loss(seq, target, 0, value)
+  recomputed, _ = ac.actor_loss(seq, target, 0)
+  np.testing.assert_allclose(float(reused), float(recomputed), rtol=1e-6)
+  np.testing.assert_allclose(ac.target(seq)[0].numpy(), target.numpy())
