@@ -26,7 +26,9 @@ from typing import Any, Iterable, Mapping
 
 import ruamel.yaml
 
-CONFIGS_PATH = pathlib.Path(__file__).resolve().parent.parent / 'configs.yaml'
+# The package's copy: in a checkout a symlink to the top-level configs.yaml, in an installed
+# package the file itself (pyproject.toml package data).
+CONFIGS_PATH = pathlib.Path(__file__).resolve().parent / 'configs.yaml'
 
 
 class ConfigError(ValueError):
