@@ -30,7 +30,7 @@ from dreamerv2_tf.config import ConfigError
 # Keys that count something and must be >= 1.
 POSITIVE_INTS = (
     'envs', 'action_repeat', 'steps', 'eval_eps', 'train_every', 'train_steps',
-    'replay.capacity', 'replay.minlen', 'dataset.batch', 'dataset.length',
+    'env_max_failures', 'replay.capacity', 'replay.minlen', 'dataset.batch', 'dataset.length',
     'rssm.hidden', 'rssm.deter', 'rssm.stoch', 'rssm.discrete',
     'encoder.cnn_depth', 'decoder.cnn_depth', 'reward_head.units', 'discount_head.units',
     'actor.units', 'critic.units', 'imag_horizon', 'slow_target_update')
@@ -66,6 +66,7 @@ FLOAT_RANGES = {
     'actor_opt.lr': (0.0, None, False, False),
     'critic_opt.lr': (0.0, None, False, False),
     'actor.min_std': (0.0, None, True, False),
+    'progress_every_s': (0.0, None, True, False),
 }
 
 
