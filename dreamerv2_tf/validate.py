@@ -51,6 +51,7 @@ CHOICES = {
     'actor.dist': ('auto', 'onehot', 'trunc_normal'),
     'actor_grad': ('auto', 'reinforce', 'dynamics', 'both'),
     'clip_rewards': ('tanh', 'identity'),
+    'gym_image': ('obs', 'render'),
 }
 SCHEDULES = ('actor_ent', 'actor_grad_mix')
 GRAD_HEADS = ('decoder', 'reward', 'discount')
@@ -133,6 +134,7 @@ def validate(config: Mapping[str, Any], check_task: bool = True) -> None:
     if not kernels or any(int(k) < 1 for k in kernels):
       raise _fail(f'{part}.cnn_kernels', list(kernels), 'it must be a non-empty list of '
                   'positive kernel sizes')
+  _check_keys(config)
   _check_lengths(config)
   if check_task:
     from dreamerv2_tf import envs  # pylint: disable=import-outside-toplevel
@@ -140,6 +142,24 @@ def validate(config: Mapping[str, Any], check_task: bool = True) -> None:
       envs.check_task(config['task'])
     except ValueError as e:
       raise ConfigError(str(e)) from None
+
+
+def _check_keys(config: Mapping[str, Any]) -> None:
+  """encoder/decoder `cnn_keys`/`mlp_keys` compile as regexes; `mlp_layers` are widths >= 1."""
+  import re  # pylint: disable=import-outside-toplevel
+  for part in ('encoder', 'decoder'):
+    for kind in ('cnn_keys', 'mlp_keys'):
+      key = f'{part}.{kind}'
+      if key not in config:
+        continue
+      try:
+        re.compile(config[key])
+      except re.error as e:
+        raise _fail(key, config[key], f'it must be a regular expression over observation keys '
+                    f"(e.g. 'image', '.*', '$^' for none): {e}") from None
+    key = f'{part}.mlp_layers'
+    if key in config and any(int(w) < 1 for w in config[key]):
+      raise _fail(key, list(config[key]), 'it must be a list of positive layer widths')
 
 
 def _check_lengths(config: Mapping[str, Any]) -> None:

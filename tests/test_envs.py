@@ -174,9 +174,9 @@ def test_actions_checked_in_env_and_continuous_range():
 
 
 def test_unknown_tasks_name_the_valid_choices():
-  with pytest.raises(ValueError, match=r"Unknown task 'crafter_reward'.*\['atari', 'dmc'\]"):
-    parse_task('crafter_reward')
-  assert SUITES == ['atari', 'dmc']
+  with pytest.raises(ValueError, match=r"Unknown task 'minecraft_x'.*\['atari', 'dmc', 'crafter'"):
+    parse_task('minecraft_x')
+  assert SUITES == ['atari', 'dmc', 'crafter', 'gym', 'custom']
   with pytest.raises(ValueError, match="Unknown Atari game 'pongg'.*atari_pong"):
     make_env('atari_pongg', atari_config())
   with pytest.raises(ValueError, match='dmc_walker_walk'):

@@ -104,7 +104,11 @@ def default_camera(domain: str, camera: int = -1) -> int:
 
 
 class DMCEnv(gym.Env):
-  """A dm_control suite task as a gymnasium env with a uint8 (H, W, 3) image observation.
+  """A dm_control suite task as a gymnasium env with a Dict observation: `image` uint8
+  (H, W, 3) rendered, plus the task's own observations as float32 arrays of their spec shapes
+  (walker: orientations (14,), height (), velocity (9,)), empty ones left out. Rank-1 entries
+  feed the MLP encoder of `dmc_proprio` (scalars such as walker's height are never encoded, as
+  in the authors' release); `dmc_vision` encodes the image only.
 
   dm_control is imported and the task loaded on the first `reset` (or at construction when
   `spaces` is None, which needs the task to read its action bounds). Build it only in a process
@@ -160,19 +164,26 @@ class DMCEnv(gym.Env):
     spec = self._env.action_spec()
     self._low = np.asarray(spec.minimum, np.float64) * np.ones(spec.shape)
     self._high = np.asarray(spec.maximum, np.float64) * np.ones(spec.shape)
-    self.observation_space = gym.spaces.Box(0, 255, self._size + (3,), np.uint8)
+    spaces = {'image': gym.spaces.Box(0, 255, self._size + (3,), np.uint8)}
+    for key, value in self._env.observation_spec().items():
+      if value.shape != (0,):  # empty entries carry nothing (the authors skip them too)
+        spaces[key] = gym.spaces.Box(-np.inf, np.inf, tuple(value.shape), np.float32)
+    self.observation_space = gym.spaces.Dict(spaces)
     self.action_space = gym.spaces.Box(-1, 1, spec.shape, np.float32)
 
-  def _render(self) -> np.ndarray:
+  def _observe(self, time_step) -> dict[str, np.ndarray]:
     height, width = self._size
-    return self._env.physics.render(height, width, camera_id=self._camera)
+    obs = {'image': self._env.physics.render(height, width, camera_id=self._camera)}
+    for key in self.observation_space.spaces:
+      if key != 'image':
+        obs[key] = np.asarray(time_step.observation[key], np.float32)
+    return obs
 
   def reset(self, *, seed: int | None = None, options: dict | None = None):
     super().reset(seed=seed)
     if self._env is None or seed is not None:
       self._load(seed)
-    self._env.reset()
-    return self._render(), {}
+    return self._observe(self._env.reset()), {}
 
   def step(self, action):
     action = np.asarray(action, np.float64)
@@ -185,7 +196,7 @@ class DMCEnv(gym.Env):
         break
     terminated = bool(time_step.last() and time_step.discount == 0)
     truncated = bool(time_step.last() and not terminated)
-    return self._render(), reward, terminated, truncated, {}
+    return self._observe(time_step), reward, terminated, truncated, {}
 
   def close(self):
     if self._env is not None:

@@ -11,6 +11,9 @@ transition dicts:
   is_last      bool     ()          True on the final step (terminal or time limit)
   is_terminal  bool     ()          True only when the episode really ended
   action       float32  (A,)        the action that LED to this observation; zeros on reset
+  <obs key>    any      any         further observations of a Dict observation space (e.g. DMC's
+                                    proprioceptive vectors); `image` is absent when the env has none
+  log_<name>   float32  ()          per-step values logged, never trained on (e.g. Crafter's)
 
 Time alignment, one row per call:
 
@@ -41,7 +44,7 @@ from typing import Any, Callable
 import gymnasium as gym
 import numpy as np
 
-TRANSITION_KEYS = ('image', 'reward', 'is_first', 'is_last', 'is_terminal', 'action')
+TRANSITION_KEYS = ('image', 'reward', 'is_first', 'is_last', 'is_terminal', 'action')  # Atari/DMC
 
 # Tolerance for actions that come from float32 network outputs (a straight-through one-hot
 # sample is `sample + probs - stop_gradient(probs)`, which may be off by a few ulps).
@@ -98,25 +101,65 @@ def check_action(action: Any, act_space: ActSpace) -> np.ndarray:
   raise ValueError(f'Action {array!r} is out of range: continuous actions must lie in [-1, 1].')
 
 
-class TransitionWrapper(gym.Wrapper):
-  """Turns a gymnasium env with an image observation into one that yields SPEC.md §1 dicts.
+RESERVED_KEYS = ('reward', 'is_first', 'is_last', 'is_terminal', 'action')
 
-  The inner env's observation must be a uint8 Box of shape (H, W, C); its action space a
-  Discrete(n) (the agent then sends one-hot vectors of size n) or a Box in [-1, 1] (vectors).
-  The returned reward, `terminated` and `truncated` are the inner env's, unchanged, so time
-  limits and gymnasium's vector autoreset keep working; `is_last = terminated or truncated`,
-  `is_terminal = terminated`.
+
+def observation_spaces(space: gym.Space) -> dict[str, gym.spaces.Box]:
+  """{key: Box} of an inner env's observation: an (H, W, C) uint8 Box is {'image': space}; a
+  Dict gives its own keys (each a Box, e.g. an image and vectors).
+
+  Raises:
+    TypeError: for any other space, or a Dict entry that is not a Box, naming it.
+    ValueError: for a Dict key that is one of RESERVED_KEYS or starts with 'log_'.
+  """
+  if isinstance(space, gym.spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3:
+    return {'image': space}
+  if not isinstance(space, gym.spaces.Dict):
+    raise TypeError(
+        f'TransitionWrapper needs an (H, W, C) uint8 image observation or a Dict of Boxes, got '
+        f'{space}.')
+  spaces = {}
+  for key, sub in space.spaces.items():
+    if not isinstance(sub, gym.spaces.Box):
+      raise TypeError(f"Observation key '{key}' has the space {sub}; only Boxes are allowed.")
+    if key in RESERVED_KEYS or key.startswith('log_'):
+      raise ValueError(
+          f"Observation key '{key}' is reserved for the transition format (SPEC.md §1: "
+          f"{', '.join(RESERVED_KEYS)}, log_*); rename it.")
+    spaces[key] = sub
+  return spaces
+
+
+def act_space_of(action_space: gym.spaces.Box) -> ActSpace:
+  """The ActSpace of a transition env's `action_space`: Box(0, 1, (n,)) is one-hot over n
+  actions (TransitionWrapper's encoding of Discrete), Box(-1, 1, (A,)) continuous."""
+  low = np.asarray(action_space.low)
+  return ActSpace(bool(np.all(low == 0)), int(action_space.shape[0]))
+
+
+class TransitionWrapper(gym.Wrapper):
+  """Turns a gymnasium env into one that yields SPEC.md §1 transition dicts.
+
+  The inner env's observation must be a uint8 Box of shape (H, W, C) (stored as `image`) or a
+  Dict of Boxes (each key stored as is, e.g. `image` and proprioceptive vectors; keys that are
+  transition fields are refused); its action space a Discrete(n) (the agent then sends one-hot
+  vectors of size n) or a Box in [-1, 1] (vectors). The returned reward, `terminated` and
+  `truncated` are the inner env's, unchanged, so time limits and gymnasium's vector autoreset
+  keep working; `is_last = terminated or truncated`, `is_terminal = terminated`.
+
+  `log_keys`: names of per-step log values the inner env puts in its `info` dict (e.g.
+  Crafter's `log_achievement_*`); they become float32 scalar transition keys (0 on reset and
+  whenever the info lacks them). The driver sums them over an episode.
 
   Raises:
     TypeError: if the inner env's spaces are not of those kinds.
+    ValueError: an observation key that is reserved.
   """
 
-  def __init__(self, env: gym.Env):
+  def __init__(self, env: gym.Env, log_keys: tuple[str, ...] = ()):
     super().__init__(env)
-    image = env.observation_space
-    if not (isinstance(image, gym.spaces.Box) and image.dtype == np.uint8 and len(image.shape) == 3):
-      raise TypeError(
-          f'TransitionWrapper needs an (H, W, C) uint8 image observation, got {image}.')
+    self._obs_spaces = observation_spaces(env.observation_space)
+    self._single = not isinstance(env.observation_space, gym.spaces.Dict)
     space = env.action_space
     if isinstance(space, gym.spaces.Discrete):
       self.act_space = ActSpace(True, int(space.n))
@@ -128,32 +171,40 @@ class TransitionWrapper(gym.Wrapper):
       action_box = gym.spaces.Box(-1, 1, space.shape, np.float32)
     else:
       raise TypeError(f'TransitionWrapper needs a Discrete or 1-D Box action space, got {space}.')
+    self.log_keys = tuple(log_keys)
     self.action_space = action_box
     self.observation_space = gym.spaces.Dict({
-        'image': image,
+        **self._obs_spaces,
         'reward': gym.spaces.Box(-np.inf, np.inf, (), np.float32),
         'is_first': gym.spaces.Box(0, 1, (), bool),
         'is_last': gym.spaces.Box(0, 1, (), bool),
         'is_terminal': gym.spaces.Box(0, 1, (), bool),
         'action': action_box,
+        **{k: gym.spaces.Box(-np.inf, np.inf, (), np.float32) for k in self.log_keys},
     })
     self._zeros = np.zeros(self.act_space.size, np.float32)
 
+  def _observation(self, obs, info) -> dict:
+    obs = {'image': obs} if self._single else {k: obs[k] for k in self._obs_spaces}
+    for key in self.log_keys:
+      obs[key] = np.float32(info.get(key, 0.0))
+    return obs
+
   def reset(self, *, seed: int | None = None, options: dict | None = None):
-    image, info = self.env.reset(seed=seed, options=options)
-    obs = {
-        'image': image, 'reward': np.float32(0), 'is_first': _TRUE, 'is_last': _FALSE,
-        'is_terminal': _FALSE, 'action': self._zeros.copy()}
+    raw, info = self.env.reset(seed=seed, options=options)
+    obs = self._observation(raw, {})
+    obs.update(reward=np.float32(0), is_first=_TRUE, is_last=_FALSE, is_terminal=_FALSE,
+               action=self._zeros.copy())
     return obs, info
 
   def step(self, action):
     action = check_action(action, self.act_space)
     inner = int(action.argmax()) if self.act_space.discrete else action
-    image, reward, terminated, truncated, info = self.env.step(inner)
-    obs = {
-        'image': image, 'reward': np.float32(reward), 'is_first': _FALSE,
-        'is_last': np.bool_(terminated or truncated), 'is_terminal': np.bool_(terminated),
-        'action': action}
+    raw, reward, terminated, truncated, info = self.env.step(inner)
+    obs = self._observation(raw, info)
+    obs.update(reward=np.float32(reward), is_first=_FALSE,
+               is_last=np.bool_(terminated or truncated), is_terminal=np.bool_(terminated),
+               action=action)
     return obs, reward, terminated, truncated, info
 
 
@@ -338,3 +389,31 @@ class ProcessEnv(gym.Env):
         self._process.kill()
         self._process.join()
     self._conn.close()
+
+
+class LazyEnv(gym.Env):
+  """An env whose spaces are known up front and which builds `env_fn()` on its first reset.
+
+  gymnasium's AsyncVectorEnv builds one throwaway copy of each env in the parent process to read
+  its spaces; with LazyEnv that copy costs nothing (no emulator, renderer or GL context in the
+  parent). `env_fn` must be picklable; `spaces` = (observation_space, action_space) of the env it
+  builds (e.g. read once by a `ProcessEnv`).
+  """
+
+  def __init__(self, env_fn: Callable[[], gym.Env], spaces: tuple[gym.Space, gym.Space]):
+    self._env_fn = env_fn
+    self._env = None
+    self.observation_space, self.action_space = spaces
+
+  def reset(self, *, seed: int | None = None, options: dict | None = None):
+    if self._env is None:
+      self._env = self._env_fn()
+    return self._env.reset(seed=seed, options=options)
+
+  def step(self, action):
+    return self._env.step(action)
+
+  def close(self):
+    if self._env is not None:
+      self._env.close()
+      self._env = None
