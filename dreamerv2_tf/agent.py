@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from dreamerv2_tf import nets
 from dreamerv2_tf.actor_critic import ActorCritic
-from dreamerv2_tf.world_model import WorldModel, preprocess_image
+from dreamerv2_tf.world_model import WorldModel, obs_shapes, preprocess_image
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +73,7 @@ class Agent(tf.Module):
     self.config = config
     self.precision = configure_precision(config.precision)
     mixed = self.precision == 'mixed_float16'
-    image_shape = tuple(obs_space['image'][0])
+    image_shape = obs_shapes(obs_space)  # {key: shape} of the observation keys
     self.discrete, self.action_size = _space_size(act_space)
     self.step = step
     self.wm = WorldModel(
@@ -129,7 +129,8 @@ class Agent(tf.Module):
     """One acting step for a batch of environments (SPEC.md §8).
 
     Args:
-      obs: 'image' uint8 [B, H, W, C] and 'is_first' bool [B] (other keys ignored).
+      obs: the encoder's keys (e.g. 'image' uint8 [B, H, W, C], vectors float32 [B, n]) and
+        'is_first' bool [B] (other keys ignored).
       state: policy state from the previous call (None: zeros); reset where is_first.
       mode: 'train' samples the action; 'eval' takes the actor's mode. The latent is sampled
         in both unless `eval_state_mean` (then the posterior's mode in 'eval').
@@ -140,15 +141,15 @@ class Agent(tf.Module):
     """
     if mode not in ('train', 'eval'):
       raise ValueError(f"policy mode is {mode!r}; allowed: 'train', 'eval'.")
-    image = tf.convert_to_tensor(obs['image'])
+    image = {k: tf.convert_to_tensor(obs[k]) for k in self.wm.encoder.keys}
     is_first = tf.convert_to_tensor(obs['is_first'], tf.bool)
     if state is None:
-      state = self.initial_state(int(image.shape[0]))
+      state = self.initial_state(int(is_first.shape[0]))
     return self._policy(image, is_first, state, mode == 'eval')
 
   def _policy_step(self, image, is_first, state, eval_mode: bool):
     wm = self.wm
-    embed = wm.encoder(preprocess_image(image, wm.encoder.compute_dtype))
+    embed = wm.encode(wm.preprocess_obs(image))
     latent = {'deter': state['deter'], 'stoch': state['stoch']}
     sample = not (eval_mode and self.eval_state_mean)
     post, _ = wm.rssm.obs_step(latent, state['prev_action'], embed, is_first, sample,
@@ -159,6 +160,13 @@ class Agent(tf.Module):
                  'stoch': tf.cast(post['stoch'], tf.float32), 'prev_action': action}
     return {'action': action}, new_state
 
+  @property
+  def batch_keys(self) -> tuple[str, ...]:
+    """Replay keys an update reads: the encoder's and decoder's observation keys, then action,
+    reward, is_first, is_terminal."""
+    keys = dict.fromkeys(self.wm.encoder.keys + self.wm.heads['decoder'].keys)
+    return tuple(keys) + ('action', 'reward', 'is_first', 'is_terminal')
+
   def train(self, data: dict) -> dict:
     """One update: world model, then actor and critic in imagination (SPEC.md §8).
 
@@ -168,7 +176,7 @@ class Agent(tf.Module):
     Returns:
       dict of float32 scalar metrics (model_loss, image_loss, ..., actor_loss, critic_loss).
     """
-    keys = ('image', 'action', 'reward', 'is_first', 'is_terminal')
+    keys = self.batch_keys
     return self._train({k: data[k] for k in keys})
 
   def _train_step(self, data):
@@ -178,8 +186,11 @@ class Agent(tf.Module):
     return {k: tf.cast(v, tf.float32) for k, v in metrics.items()}
 
   def report(self, data: dict) -> dict:
-    """Open-loop video {'openl_image': uint8 [T, 3·H, N·W, C]} (truth | model | error)."""
-    keys = ('image', 'action', 'reward', 'is_first', 'is_terminal')
+    """Open-loop video {'openl_image': uint8 [T, 3·H, N·W, C]} (truth | model | error); {}
+    when the decoder does not reconstruct an `image` key."""
+    if 'image' not in self.wm.heads['decoder'].cnn_keys:
+      return {}
+    keys = self.batch_keys
     return self._report({k: data[k] for k in keys})
 
   def _report_step(self, data):

@@ -17,6 +17,7 @@ classes] (one-hot samples z, straight-through), `logit` [B, stoch, classes] floa
 from __future__ import annotations
 
 import math
+import re
 from typing import Sequence
 
 import keras
@@ -69,7 +70,8 @@ class Encoder(keras.layers.Layer):
     x = tf.cast(x, self.compute_dtype)
     for conv in self.convs:
       x = conv(x)
-    return tf.reshape(x, tf.concat([batch_dims, [self.embed_size]], 0))
+    # The conv output's own size (MultiEncoder's embed_size adds its vector part).
+    return tf.reshape(x, tf.concat([batch_dims, [math.prod(x.shape[1:])]], 0))
 
 
 class Decoder(keras.layers.Layer):
@@ -348,3 +350,164 @@ class RSSM(keras.layers.Layer):
 def count_params(layer) -> int:
   """Number of trainable scalars of a Keras layer or tf.Module."""
   return int(sum(math.prod(v.shape) for v in layer.trainable_variables))
+
+
+def select_keys(shapes: dict, pattern: str, rank: int) -> list[str]:
+  """Keys of `shapes` ({key: shape}) that `re.match` `pattern` and have `rank` dims, in order.
+
+  The authors' rule for `cnn_keys` (rank 3) and `mlp_keys` (rank 1); scalars are never encoded.
+  """
+  return [k for k, s in shapes.items() if re.match(pattern, k) and len(tuple(s)) == rank]
+
+
+def _image_stack_shape(shapes: dict, keys: list[str]) -> tuple[int, int, int]:
+  """(H, W, ΣC) of the image keys stacked along channels; raises ValueError if H, W differ."""
+  sizes = {tuple(shapes[k][:2]) for k in keys}
+  if len(sizes) != 1:
+    raise ValueError(f'Image keys {keys} have different sizes {sorted(sizes)}; the CNN stacks '
+                     'them along channels, so they must share height and width.')
+  (height, width), = sizes
+  return height, width, sum(int(shapes[k][2]) for k in keys)
+
+
+class _DenseStack(keras.layers.Layer):
+  """Hidden layers of the vector encoder/decoder: Dense(w) → [LayerNorm] → act for each width,
+  built as attributes `dense{i}` (and `densenorm{i}` with norm 'layer'), the authors' names."""
+
+  def __init__(self, in_size: int, widths, act: str, norm: str, **kwargs):
+    super().__init__(**kwargs)
+    self.act = _activation(act) or (lambda x: x)
+    self.layers_ = []
+    for i, width in enumerate(widths):
+      dense = _dense(int(width), in_size, name=f'dense{i}')
+      setattr(self, f'dense{i}', dense)
+      norm_layer = None
+      if norm == 'layer':
+        norm_layer = keras.layers.LayerNormalization(epsilon=1e-3, name=f'densenorm{i}')
+        norm_layer.build((None, int(width)))
+        setattr(self, f'densenorm{i}', norm_layer)
+      elif norm not in ('none', None, ''):
+        raise ValueError(f"norm is {norm!r}; allowed: 'none', 'layer'.")
+      self.layers_.append((dense, norm_layer))
+      in_size = int(width)
+    self.out_size = in_size
+
+  def call(self, x):
+    for dense, norm_layer in self.layers_:
+      x = dense(x)
+      if norm_layer is not None:
+        x = norm_layer(x)
+      x = self.act(x)
+    return x
+
+
+class MultiEncoder(Encoder):
+  """Encoder of a dict of observations (the authors' `cnn_keys`/`mlp_keys`, SPEC.md §3).
+
+  Rank-3 keys matching `cnn_keys` are stacked along channels and go through the conv encoder
+  (`Encoder`, same variables `conv{i}`); rank-1 keys matching `mlp_keys` are concatenated and go
+  through `mlp_layers` Dense layers (`mlp.dense{i}`, width 400 ×4 by default). embed = concat(cnn
+  output, mlp output): [..., E] with E = 2·2·8·depth (if images) + mlp_layers[-1] (if vectors).
+
+  Input: {key: preprocessed float [..., *shape]} (images in [−0.5, 0.5]); a single tensor is
+  taken as the one image key (the exported policy and the parity tools pass the image alone).
+
+  Raises:
+    ValueError: when no key is selected, or the image keys differ in height and width.
+  """
+
+  def __init__(self, shapes: dict, cnn_keys: str = '.*', mlp_keys: str = '.*', act: str = 'elu',
+               norm: str = 'none', cnn_depth: int = 48, cnn_kernels: Sequence[int] = (4, 4, 4, 4),
+               mlp_layers: Sequence[int] = (400, 400, 400, 400), **kwargs):
+    shapes = {k: tuple(int(d) for d in s) for k, s in shapes.items()}
+    self.cnn_keys = select_keys(shapes, cnn_keys, 3)
+    self.mlp_keys = select_keys(shapes, mlp_keys, 1)
+    if not self.cnn_keys and not self.mlp_keys:
+      raise ValueError(
+          f'The encoder selects no observation: encoder.cnn_keys {cnn_keys!r} matches no rank-3 '
+          f'key and encoder.mlp_keys {mlp_keys!r} no rank-1 key of {shapes}.')
+    if self.cnn_keys:
+      super().__init__(_image_stack_shape(shapes, self.cnn_keys), depth=cnn_depth,
+                       kernels=cnn_kernels, act=act, **kwargs)
+    else:
+      keras.layers.Layer.__init__(self, **kwargs)  # pylint: disable=non-parent-init-called
+      self.image_shape, self.convs, self.embed_size = None, [], 0
+    self.mlp = None
+    if self.mlp_keys:
+      in_size = sum(shapes[k][0] for k in self.mlp_keys)
+      self.mlp = _DenseStack(in_size, mlp_layers, act, norm, name='mlp')
+      self.embed_size += self.mlp.out_size
+
+  @property
+  def keys(self) -> list[str]:
+    return self.cnn_keys + self.mlp_keys
+
+  def call(self, data):
+    if not isinstance(data, dict):
+      data = {self.cnn_keys[0]: data}
+    outputs = []
+    if self.cnn_keys:
+      images = [data[k] for k in self.cnn_keys]
+      outputs.append(super().call(images[0] if len(images) == 1 else tf.concat(images, -1)))
+    if self.mlp_keys:
+      x = tf.concat([tf.cast(data[k], self.compute_dtype) for k in self.mlp_keys], -1)
+      outputs.append(self.mlp(x))
+    return outputs[0] if len(outputs) == 1 else tf.concat(outputs, -1)
+
+
+class MultiDecoder(Decoder):
+  """Decoder of a dict of observations: the transposed-conv `Decoder` for the rank-3 keys
+  matching `cnn_keys` (one output with ΣC channels, split per key) and, for the rank-1 keys
+  matching `mlp_keys`, `mlp_layers` Dense layers then one Dense(size) output per key
+  (`dense_<key>`), as the authors' decoder.
+
+  Input feat [..., F]; returns {key: mean [..., *shape]} (compute dtype). The image means go to
+  `dists.image_dist` (unit-variance Normal over 3 dims), the vector means to a sum of squared
+  errors (the authors' 'mse' DistLayer; world_model.vector_log_prob).
+
+  Raises:
+    ValueError: when no key is selected, or the image keys differ in height and width.
+  """
+
+  def __init__(self, feat_size: int, shapes: dict, cnn_keys: str = '.*', mlp_keys: str = '.*',
+               act: str = 'elu', norm: str = 'none', cnn_depth: int = 48,
+               cnn_kernels: Sequence[int] = (5, 5, 6, 6),
+               mlp_layers: Sequence[int] = (400, 400, 400, 400), **kwargs):
+    shapes = {k: tuple(int(d) for d in s) for k, s in shapes.items()}
+    self.cnn_keys = select_keys(shapes, cnn_keys, 3)
+    self.mlp_keys = select_keys(shapes, mlp_keys, 1)
+    if not self.cnn_keys and not self.mlp_keys:
+      raise ValueError(
+          f'The decoder selects no observation: decoder.cnn_keys {cnn_keys!r} matches no rank-3 '
+          f'key and decoder.mlp_keys {mlp_keys!r} no rank-1 key of {shapes}.')
+    self.shapes = shapes
+    if self.cnn_keys:
+      super().__init__(feat_size, _image_stack_shape(shapes, self.cnn_keys), depth=cnn_depth,
+                       kernels=cnn_kernels, act=act, **kwargs)
+    else:
+      keras.layers.Layer.__init__(self, **kwargs)  # pylint: disable=non-parent-init-called
+      self.image_shape = None
+    self.mlp, self.outs = None, {}
+    if self.mlp_keys:
+      self.mlp = _DenseStack(feat_size, mlp_layers, act, norm, name='mlp')
+      for key in self.mlp_keys:
+        name = 'dense_' + re.sub(r'\W', '_', key)
+        out = _dense(shapes[key][0], self.mlp.out_size, name=name)
+        setattr(self, name, out)
+        self.outs[key] = out
+
+  @property
+  def keys(self) -> list[str]:
+    return self.cnn_keys + self.mlp_keys
+
+  def call(self, feat):
+    outputs = {}
+    if self.cnn_keys:
+      stacked = super().call(feat)
+      channels = [self.shapes[k][2] for k in self.cnn_keys]
+      parts = [stacked] if len(channels) == 1 else tf.split(stacked, channels, -1)
+      outputs.update(zip(self.cnn_keys, parts))
+    if self.mlp_keys:
+      x = self.mlp(tf.cast(feat, self.compute_dtype))
+      outputs.update({k: out(x) for k, out in self.outs.items()})
+    return outputs

@@ -6,7 +6,7 @@ time-major `[H + 1, N, ...]` with N = B·T start states flattened b-major (index
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import tensorflow as tf
 
@@ -22,6 +22,48 @@ def preprocess_image(image: tf.Tensor, dtype=tf.float32) -> tf.Tensor:
   return tf.cast(tf.cast(image, tf.float32) / 255.0 - 0.5, dtype)
 
 
+# Transition keys that are not observations (SPEC.md §1); never encoded or reconstructed.
+NOT_OBSERVATIONS = ('reward', 'is_first', 'is_last', 'is_terminal', 'action', 'discount')
+NET_ARGS = ('cnn_keys', 'mlp_keys', 'act', 'norm', 'cnn_depth', 'cnn_kernels', 'mlp_layers')
+
+
+def obs_shapes(image_shape: Sequence[int] | Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+  """{key: shape}: an (H, W, C) tuple is {'image': (H, W, C)}; a mapping {key: shape} or {key:
+  (shape, dtype)} (an env's obs_space) gives each key's shape."""
+  if not isinstance(image_shape, Mapping):
+    return {'image': tuple(int(s) for s in image_shape)}
+  out = {}
+  for key, value in image_shape.items():
+    if key in NOT_OBSERVATIONS or key.startswith('log_'):
+      continue
+    if (isinstance(value, (tuple, list)) and len(value) == 2 and isinstance(value[0], (tuple, list))):
+      value = value[0]  # (shape, dtype)
+    out[key] = tuple(int(s) for s in value)
+  return out
+
+
+def _net_args(cfg) -> dict:
+  """The encoder/decoder keyword arguments present in a sub-config (configs.yaml)."""
+  return {k: (list(cfg[k]) if isinstance(cfg[k], (list, tuple)) else cfg[k])
+          for k in NET_ARGS if k in cfg}
+
+
+class SquaredError:
+  """The authors' 'mse' output of vector keys: log_prob(x) = −Σ_last (x − mean)² (float32)."""
+
+  def __init__(self, mean: tf.Tensor):
+    self._mean = tf.cast(mean, tf.float32)
+
+  def log_prob(self, value: tf.Tensor) -> tf.Tensor:
+    return -tf.reduce_sum(tf.square(tf.cast(value, tf.float32) - self._mean), -1)
+
+  def mean(self) -> tf.Tensor:
+    return self._mean
+
+  def mode(self) -> tf.Tensor:
+    return self._mean
+
+
 def discount_weights(discount: tf.Tensor) -> tf.Tensor:
   """Weights w_t = Π_{k<t} discount_k along axis 0 (w_0 = 1) for discount [T, N] (SPEC §4).
 
@@ -35,7 +77,9 @@ class WorldModel(tf.Module):
   """Encoder, RSSM, decoder, reward and discount heads, and the model optimiser.
 
   Args:
-    image_shape: (H, W, C) of observations.
+    image_shape: (H, W, C) of an image-only task, or {key: shape} of every observation key
+      (rank-3 keys are images, rank-1 keys vectors; others are ignored). encoder/decoder
+      `cnn_keys`/`mlp_keys` choose the keys (nets.MultiEncoder, nets.MultiDecoder).
     action_size: A (one-hot size or action dims).
     rssm, encoder, decoder, reward_head, discount_head: sub-configs (configs.yaml).
     pred_discount: build and train the discount head.
@@ -47,22 +91,22 @@ class WorldModel(tf.Module):
     model_opt: {'lr', 'eps', 'clip', 'wd'}; mixed: float16 training with loss scaling.
   """
 
-  def __init__(self, image_shape: Sequence[int], action_size: int, *, rssm, encoder, decoder,
+  def __init__(self, image_shape: Sequence[int] | Mapping[str, Sequence[int]], action_size: int,
+               *, rssm, encoder, decoder,
                reward_head, discount_head, pred_discount: bool, grad_heads: Sequence[str],
                loss_scales, kl, clip_rewards: str, discount: float, model_opt,
                mixed: bool = False, name: str = 'world_model'):
     super().__init__(name=name)
     if clip_rewards not in ('tanh', 'identity'):
       raise ValueError(f"clip_rewards is {clip_rewards!r}; allowed: 'tanh', 'identity'.")
-    self.image_shape = tuple(image_shape)
-    self.encoder = nets.Encoder(image_shape, encoder['cnn_depth'], encoder['cnn_kernels'],
-                                encoder['act'], name='encoder')
+    self.shapes = obs_shapes(image_shape)
+    self.encoder = nets.MultiEncoder(self.shapes, name='encoder', **_net_args(encoder))
+    self.image_shape = self.encoder.image_shape  # (H, W, ΣC) of the CNN input, or None
     self.rssm = nets.RSSM(action_size, self.encoder.embed_size, rssm['deter'], rssm['hidden'],
                           rssm['stoch'], rssm['discrete'], rssm['act'], name='rssm')
     feat = self.rssm.feat_size
     self.heads = {
-        'decoder': nets.Decoder(feat, image_shape, decoder['cnn_depth'], decoder['cnn_kernels'],
-                                decoder['act'], name='decoder'),
+        'decoder': nets.MultiDecoder(feat, self.shapes, name='decoder', **_net_args(decoder)),
         'reward': nets.MLP(feat, 1, reward_head['layers'], reward_head['units'],
                            reward_head['act'], name='reward'),
     }
@@ -87,11 +131,11 @@ class WorldModel(tf.Module):
   def preprocess(self, data: dict) -> dict:
     """Model inputs from a replay batch (SPEC.md §3).
 
-    image uint8 → float [−0.5, 0.5]; reward → tanh/identity (float32); adds
+    images (rank-3 uint8 keys) → float [−0.5, 0.5]; reward → tanh/identity (float32); adds
     `discount` = γ·(1 − is_terminal) (float32). Other keys pass through; `log_*` dropped.
     """
     out = {k: v for k, v in data.items() if not k.startswith('log_')}
-    out['image'] = preprocess_image(data['image'], self.encoder.compute_dtype)
+    out = self.preprocess_obs(out)
     reward = tf.cast(data['reward'], tf.float32)
     out['reward'] = tf.tanh(reward) if self.clip_rewards == 'tanh' else reward
     out['discount'] = self.discount * (1.0 - tf.cast(data['is_terminal'], tf.float32))
@@ -99,14 +143,36 @@ class WorldModel(tf.Module):
 
   def head_dist(self, name: str, feat: tf.Tensor):
     """The distribution of head `name` on feat [..., F] (float32 parameters)."""
-    out = self.heads[name](feat)
     if name == 'decoder':
-      return dists.image_dist(out)
+      (key, dist), = self.decoder_dists(feat).items()  # one key only; else use decoder_dists
+      return dist
+    out = self.heads[name](feat)
     if name == 'reward':
       return dists.scalar_normal(out[..., 0])
     if name == 'discount':
       return dists.bernoulli(out[..., 0])
     raise KeyError(name)
+
+  def decoder_dists(self, feat: tf.Tensor) -> dict:
+    """{key: distribution} of the decoder on feat [..., F]: images a unit-variance Normal over
+    (H, W, C), vectors the authors' 'mse' (log_prob = −Σ (x − mean)², float32)."""
+    out = {}
+    for key, mean in self.heads['decoder'](feat).items():
+      out[key] = dists.image_dist(mean) if len(self.shapes[key]) == 3 else SquaredError(mean)
+    return out
+
+  def preprocess_obs(self, obs: dict) -> dict:
+    """The observation keys of `obs` as the encoder takes them: rank-3 uint8 images → float in
+    [−0.5, 0.5] (compute dtype), other keys unchanged."""
+    out = dict(obs)
+    for key, shape in self.shapes.items():
+      if key in obs and len(shape) == 3 and tf.as_dtype(obs[key].dtype) == tf.uint8:
+        out[key] = preprocess_image(obs[key], self.encoder.compute_dtype)
+    return out
+
+  def encode(self, data: dict) -> tf.Tensor:
+    """embed [..., E] of a preprocessed batch (the encoder's keys of `data`)."""
+    return self.encoder({k: data[k] for k in self.encoder.keys})
 
   def loss(self, data: dict, state=None, sample: bool = True):
     """World-model loss on a preprocessed batch `data` of [B, T, ...] (SPEC.md §3).
@@ -115,7 +181,7 @@ class WorldModel(tf.Module):
       (model_loss scalar, post state dict [B, T, ...], outputs dict with `embed`, `feat`,
       `post`, `prior`, `likes` {key: [B, T]}, `kl` [B, T], metrics dict).
     """
-    embed = self.encoder(data['image'])
+    embed = self.encode(data)
     post, prior = self.rssm.observe(embed, data['action'], data['is_first'], state, sample)
     kl_loss, kl_value = self.rssm.kl_loss(post, prior, **self.kl)
     losses = {'kl': kl_loss}
@@ -123,13 +189,15 @@ class WorldModel(tf.Module):
     feat = self.rssm.get_feat(post)
     for name in self.heads:
       inp = feat if name in self.grad_heads else tf.stop_gradient(feat)
-      key = 'image' if name == 'decoder' else name
-      # Targets in float32: the image is in the compute dtype (float16 under mixed precision)
-      # for the encoder, but every distribution is float32 (SPEC.md §5).
-      target = tf.cast(data[key], tf.float32)
-      like = tf.cast(self.head_dist(name, inp).log_prob(target), tf.float32)
-      likes[key] = like
-      losses[key] = -tf.reduce_mean(like)
+      head = (self.decoder_dists(inp) if name == 'decoder' else
+              {name: self.head_dist(name, inp)})
+      for key, dist in head.items():
+        # Targets in float32: the image is in the compute dtype (float16 under mixed
+        # precision) for the encoder, but every distribution is float32 (SPEC.md §5).
+        target = tf.cast(data[key], tf.float32)
+        like = tf.cast(dist.log_prob(target), tf.float32)
+        likes[key] = like
+        losses[key] = -tf.reduce_mean(like)
     model_loss = sum(self.loss_scales.get(k, 1.0) * v for k, v in losses.items())
     metrics = {f'{k}_loss': v for k, v in losses.items()}
     metrics['model_kl'] = tf.reduce_mean(kl_value)
@@ -195,16 +263,16 @@ class WorldModel(tf.Module):
     """Open-loop prediction video: ground truth | model | error, stacked vertically.
 
     Observes `context` frames of the first `num` sequences, then imagines the rest with the
-    true actions. Returns uint8 [T, 3·H, num·W, C].
+    true actions. Returns uint8 [T, 3·H, num·W, C]. Needs `image` among the decoder's keys.
     """
     data = self.preprocess({k: v[:num] for k, v in data.items()})
-    embed = self.encoder(data['image'])
+    embed = self.encode(data)
     post, _ = self.rssm.observe(embed[:, :context], data['action'][:, :context],
                                 data['is_first'][:, :context])
-    recon = self.heads['decoder'](self.rssm.get_feat(post))
+    recon = self.heads['decoder'](self.rssm.get_feat(post))['image']
     init = {k: v[:, -1] for k, v in post.items()}
     prior = self.rssm.imagine(data['action'][:, context:], init)
-    openl = self.heads['decoder'](self.rssm.get_feat(prior))
+    openl = self.heads['decoder'](self.rssm.get_feat(prior))['image']
     truth = tf.cast(data['image'], tf.float32) + 0.5
     model = tf.cast(tf.concat([recon, openl], 1), tf.float32) + 0.5
     error = (model - truth + 1.0) / 2.0
