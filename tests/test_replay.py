@@ -1,8 +1,10 @@
-"""Episode files and sequence replay (issue 3; SPEC.md §1, §6)."""
+"""Episode files and sequence replay (issues 3, 11, 12, 13; SPEC.md §1, §6)."""
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import re
 
 import numpy as np
@@ -202,7 +204,8 @@ def test_short_episode_warnings_are_visible_and_rate_limited(tmp_path, caplog, m
   assert [r.levelno for r in records] == [logging.WARNING] * 2
   assert 'episode of 4 transitions' in records[0].getMessage()
   assert 'minlen 10' in records[0].getMessage()
-  assert records[1].getMessage().endswith('minlen 10 (49 more like this in the last 61 s).')
+  assert records[1].getMessage().endswith(
+      'minlen 10 agent steps (49 more like this in the last 61 s).')
   assert not list(tmp_path.glob('*.npz'))
   # Loading a folder of short episodes: one warning for all of them.
   for _ in range(3):
@@ -212,3 +215,108 @@ def test_short_episode_warnings_are_visible_and_rate_limited(tmp_path, caplog, m
     assert load_episodes(tmp_path, minlen=10) == {}
   assert len(caplog.records) == 1
   assert 'Skipping 3 episode file(s)' in caplog.records[0].getMessage()
+
+
+def test_minlen_and_capacity_count_agent_steps_as_the_authors(tmp_path):
+  """The authors' replay (dreamerv2 2.2.0, common/replay.py) measures an episode by
+  `len(action) - 1`: with minlen 50 it skips an episode of 50 transitions (49 agent steps) and
+  keeps one of 51; after each episode it evicts the oldest while more than one is held and the
+  held agent steps exceed the capacity."""
+  replay = Replay(tmp_path, capacity=100, minlen=50, seed=0)
+  assert replay.add_episode(make_episode(50)) is None  # 49 agent steps < 50
+  assert replay.num_episodes == 0 and not list(tmp_path.glob('*.npz'))
+  for i in range(3):
+    assert replay.add_episode(make_episode(51, base=1000 * i)) is not None  # 50 agent steps
+  # 3 x 50 = 150 > 100: the oldest goes; 2 x 50 = 100 is not more than the capacity: kept.
+  assert replay.num_episodes == 2 and replay.num_agent_steps == 100 and replay.num_steps == 102
+  assert replay.total_agent_steps == 150 and replay.total_steps == 153
+  assert set((replay.sample(32, 51, False)['reward'][:, 0] // 1000).astype(int)) == {1, 2}
+  restarted = Replay(tmp_path, capacity=100, minlen=50)  # newest first, within the capacity
+  assert restarted.episode_names() == replay.episode_names()
+  # Unlike the authors' (who hold it alone), an episode with more agent steps than the memory
+  # ring's rows (capacity + capacity // minlen = 102) is kept on disk only.
+  assert replay.add_episode(make_episode(121, base=5000)) is not None
+  assert replay.num_episodes == 2 and len(list(tmp_path.glob('*.npz'))) == 4
+
+
+def test_episodes_of_another_task_are_refused_naming_file_and_mismatch(tmp_path, caplog):
+  old = save_episode(tmp_path, make_episode(20, image_shape=(4, 4, 1)))
+  newer = save_episode(tmp_path, make_episode(20, image_shape=(4, 4, 3)))
+  with caplog.at_level(logging.WARNING, logger='dreamerv2_tf.replay'):
+    replay = Replay(tmp_path, capacity=None, minlen=5)
+  assert replay.episode_names() == [newer.name]  # the newest file decides the shapes
+  message = ' '.join(r.getMessage() for r in caplog.records)
+  assert str(old) in message
+  assert "key 'image' is (4, 4, 1) uint8, the replay holds (4, 4, 3) uint8" in message
+  with pytest.raises(ValueError, match=r"key 'reward' is \(\) int32"):
+    replay.add_episode({**make_episode(20, image_shape=(4, 4, 3)),
+                        'reward': np.zeros(20, np.int64)})
+
+
+def test_failed_episode_write_names_the_path_and_leaves_no_partial_file(tmp_path, monkeypatch):
+  from dreamerv2_tf import replay as replay_lib
+  replay = Replay(tmp_path, capacity=None, minlen=5)
+  replay.add_episode(make_episode(20))
+  before = sorted(p.name for p in tmp_path.iterdir())
+
+  def full_disk(fd):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+  monkeypatch.setattr(replay_lib.os, 'fsync', full_disk)
+  with pytest.raises(replay_lib.EpisodeWriteError) as error:
+    replay.add_episode(make_episode(20))
+  message = str(error.value)
+  assert re.search(rf'cannot write episode file {re.escape(str(tmp_path))}/\S+-20\.npz: '
+                   r'No space left on device', message), message
+  assert error.value.errno == errno.ENOSPC
+  assert sorted(p.name for p in tmp_path.iterdir()) == before  # no temporary or partial file
+  assert replay.num_episodes == 1  # nothing stored that is not on disk
+  blocker = tmp_path / 'a_file'
+  blocker.write_text('')
+  with pytest.raises(replay_lib.EpisodeWriteError, match='cannot create the episode folder'):
+    save_episode(blocker / 'episodes', make_episode(20))
+
+
+def _rss() -> int:
+  with open('/proc/self/statm') as f:
+    return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+
+
+def test_dmc_shaped_replay_memory_grows_with_content_and_stays_bounded(tmp_path):
+  """64x64x3 episodes of 501 transitions into a 20,000-step replay: the store allocates as it
+  fills (one chunk for the first episode) and, after 100 episodes (50,000 agent steps), resident
+  memory has grown by less than the replay's full size (20,400 rows x 12,319 B = 251 MB) plus
+  100 MB, where holding every episode would take 617 MB."""
+  capacity, length = 20_000, 501
+  episode = {**make_episode(length, image_shape=(64, 64, 3)),
+             'action': np.zeros((length, 6), np.float32)}
+  del episode['log_step']
+  replay = Replay(tmp_path, capacity=capacity, minlen=50)
+  replay.add_episode(episode)
+  bytes_per_step = 64 * 64 * 3 + 6 * 4 + 4 + 3
+  assert replay.bytes_per_step == bytes_per_step
+  full = (capacity + capacity // 50) * bytes_per_step
+  assert replay.nbytes <= full // 32 + bytes_per_step * 32  # one chunk so far
+  start = _rss()
+  for _ in range(100):
+    replay.add_episode(episode)
+  grown = _rss() - start
+  assert replay.num_agent_steps <= capacity and replay.nbytes <= full
+  assert grown < full + 100e6, f'resident memory grew by {grown / 1e6:.0f} MB'
+  batch = replay.sample(4, 50, False)
+  assert batch['image'].shape == (4, 50, 64, 64, 3)
+
+
+def test_a_capacity_that_cannot_fit_is_refused_with_the_numbers():
+  from dreamerv2_tf import replay as replay_lib
+  total, _ = replay_lib.memory_bytes()
+  if total is None:
+    pytest.skip('this system reports no memory size (no /proc/meminfo, no sysconf pages)')
+  with pytest.raises(MemoryError) as error:
+    replay_lib.check_memory(12_319, 10**9, minlen=50)
+  message = str(error.value)
+  assert '\n' not in message
+  assert 'replay.capacity 1,000,000,000 agent steps x 12,319 bytes per step' in message
+  assert '12565.4 GB at full size' in message and f'{total / 1e9:.1f} GB of memory' in message
+  assert re.search(r'Use --replay.capacity=\d+ or less', message)
+  assert replay_lib.check_memory(12_319, 1000, minlen=50) is None
