@@ -11,7 +11,8 @@ returns, and then writes them atomically to `--output` (default `<logdir>/evalua
    "episodes": N, "returns": [float], "lengths": [int agent steps], "mean": float, "std": float}
 
 With `--video OUT.mp4` the N episodes are also recorded, one after the other, as an H.264 MP4
-(imageio with the ffmpeg binary of imageio-ffmpeg): one video frame per transition the agent
+(imageio with the ffmpeg binary of imageio-ffmpeg; `OUT.gif` writes a looping GIF with Pillow
+instead, held in memory until written: keep it short): one video frame per transition the agent
 observed, i.e. the reset observation and then one per agent step, so an episode of L agent
 steps gives L + 1 frames (with Atari's action repeat 4 an agent step is 4 emulator frames). The
 frames are the observations the agent sees (`image`, e.g. 64×64 grayscale for Atari, written as
@@ -21,7 +22,8 @@ OUT.mp4 and renamed when complete.
 
 Nothing is added to the run's replay. Errors (no config, a config.yaml that does not parse or
 holds a bad value, no readable checkpoint, a checkpoint that does not fit the config, bad
-arguments, a video path whose folder does not exist or is not writable) exit with status 2 and
+arguments, a video path whose folder does not exist or is not writable, a video of an env without
+an `image` observation) exit with status 2 and
 a one-line message, before any episode is played. When the latest checkpoint cannot be read
 (e.g. a truncated data file) the newest readable one is used, with a warning naming the bad one.
 
@@ -47,7 +49,7 @@ import numpy as np
 from dreamerv2_tf.config import Config, ConfigError, load_config, read_blocks
 from dreamerv2_tf.validate import validate
 
-VIDEO_SUFFIXES = ('.mp4',)
+VIDEO_SUFFIXES = ('.mp4', '.gif')
 
 
 class SaveError(OSError):
@@ -121,11 +123,11 @@ def check_writable(path: str | os.PathLike, what: str) -> pathlib.Path:
 
 
 class VideoWriter:
-  """Streams observation frames into an MP4 (imageio's ffmpeg plugin), renamed into place by
-  `close()`; `abort()` deletes the partial file.
+  """Streams observation frames into an MP4 (imageio's ffmpeg plugin) or a GIF (Pillow), renamed
+  into place by `close()`; `abort()` deletes the partial file.
 
   Args:
-    path: the final `.mp4` path (its folder must exist).
+    path: the final `.mp4` or `.gif` path (its folder must exist).
     fps: frames per second of the video.
     scale: integer nearest-neighbour enlargement of every frame.
   """
@@ -136,9 +138,13 @@ class VideoWriter:
     self.scale = int(scale)
     self.frames = 0
     self.tmp = _temporary_beside(path, path.suffix)
-    # macro_block_size 2: H.264 with yuv420p needs even sizes; other sizes are left alone.
-    self._writer = imageio.get_writer(self.tmp, format='FFMPEG', mode='I', fps=fps,
-                                      codec='libx264', quality=8, macro_block_size=2)
+    if path.suffix.lower() == '.gif':
+      self._writer = imageio.get_writer(self.tmp, format='GIF', mode='I',
+                                        duration=1000.0 / fps, loop=0)
+    else:
+      # macro_block_size 2: H.264 with yuv420p needs even sizes; other sizes are left alone.
+      self._writer = imageio.get_writer(self.tmp, format='FFMPEG', mode='I', fps=fps,
+                                        codec='libx264', quality=8, macro_block_size=2)
 
   def add(self, image: np.ndarray) -> None:
     """Appends one uint8 [H, W, C] observation (C = 1 or 3)."""
@@ -259,10 +265,12 @@ def play(env: Any, policy, episodes: int, video: VideoWriter | None) -> tuple[li
 def evaluate(logdir: str | os.PathLike, episodes: int, checkpoint: str | None = None,
              seed: int | None = None, video: str | os.PathLike | None = None,
              fps: float = 15.0, video_scale: int = 1,
-             output: str | os.PathLike | None = None) -> dict:
+             output: str | os.PathLike | None = None, env_fn=None) -> dict:
   """Plays `episodes` evaluation episodes with the checkpointed agent; prints and returns the
   result dict of the module docstring, then writes it to `output` (default
-  `<logdir>/evaluation.json`); records them to the MP4 `video` when given.
+  `<logdir>/evaluation.json`); records them to the MP4 (or GIF) `video` when given. `env_fn`: a
+  zero-argument callable returning the gymnasium Env of a run of the Python API (None builds
+  the run's task).
 
   Raises:
     ConfigError: bad `episodes`/`fps`/`video_scale`/`video`, a missing or bad config, no
@@ -276,7 +284,7 @@ def evaluate(logdir: str | os.PathLike, episodes: int, checkpoint: str | None = 
   checkpoint = find_checkpoint(logdir, checkpoint)
   seed = config.seed if seed is None else seed
   result = _play_checkpoint(config, logdir, checkpoint, episodes, seed, video_path, fps,
-                            video_scale)
+                            video_scale, env_fn)
   print(f'Return over {result["episodes"]} episodes: mean {result["mean"]:.3f}, '
         f'std {result["std"]:.3f} (frame {result["frames"]:,}).', flush=True)
   try:
@@ -312,18 +320,22 @@ def _check_arguments(episodes: int, video, fps: float, video_scale: int) -> path
 
 
 def _play_checkpoint(config, logdir, checkpoint, episodes, seed, video_path, fps,
-                     video_scale) -> dict:
+                     video_scale, env_fn=None) -> dict:
   """Restores `checkpoint`, plays the episodes (recording them when `video_path`) and returns
   the result dict."""
   # pylint: disable=import-outside-toplevel
   import tensorflow as tf
   from dreamerv2_tf import envs
   from dreamerv2_tf.loop import setup_device
-  device, precision = setup_device(int(config.precision))
+  device, precision = setup_device(config.precision)
   tf.config.run_functions_eagerly(not config.jit)
   tf.random.set_seed(seed)
   np.random.seed(seed % 2**32)
-  env = envs.make_vec_env(config.task, config, 'eval', 1, seed)
+  env = envs.make_vec_env(config.task, config, 'eval', 1, seed, env_fn=env_fn)
+  if video_path is not None and 'image' not in env.obs_space:
+    env.close()
+    raise ConfigError(f'--video needs an image observation; {config.task} has '
+                      f'{sorted(env.obs_space)}.')
   video = None
   try:
     policy, step = restored_policy(config, env, checkpoint, logdir / 'config.yaml')
@@ -361,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--output', default=None, metavar='FILE',
                       help='where to write the result JSON (default: <logdir>/evaluation.json)')
   parser.add_argument('--video', default=None, metavar='OUT.mp4',
-                      help='record the episodes to this MP4 (one frame per observation)')
+                      help='record the episodes to this .mp4 (or .gif), one frame per observation')
   parser.add_argument('--fps', type=float, default=15.0,
                       help='frames per second of --video (default 15: Atari 60 Hz / repeat 4)')
   parser.add_argument('--video_scale', type=int, default=1,

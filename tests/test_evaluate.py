@@ -46,7 +46,7 @@ def assert_one_line_error(result, *fragments):
 
 @pytest.mark.parametrize('video, message', [
     ('missing/out.mp4', 'does not exist'),
-    ('out.avi', "must end in .mp4, got '.avi'"),
+    ('out.avi', "must end in .mp4 or .gif, got '.avi'"),
     ('.', 'is a folder'),
 ])
 def test_bad_video_path_fails_before_anything_runs(tmp_path, video, message):
@@ -71,18 +71,19 @@ def test_write_json_leaves_nothing_when_the_target_cannot_be_replaced(tmp_path):
   assert [p.name for p in tmp_path.iterdir()] == ['evaluation.json']
 
 
-def test_video_writer_frames_and_scale(tmp_path):
+@pytest.mark.parametrize('name', ['v.mp4', 'v.gif'])
+def test_video_writer_frames_and_scale(tmp_path, name):
   from dreamerv2_tf.evaluate import VideoWriter
-  writer = VideoWriter(tmp_path / 'v.mp4', fps=15, scale=2)
+  writer = VideoWriter(tmp_path / name, fps=15, scale=2)
   rng = np.random.default_rng(0)
   frames = [np.full((64, 64, 1), 10 * i, np.uint8) for i in range(7)]
   frames[3] = rng.integers(0, 255, (64, 64, 1), dtype=np.uint8)
   for frame in frames:
     writer.add(frame)
-  assert not (tmp_path / 'v.mp4').exists()  # written under a temporary name until closed
+  assert not (tmp_path / name).exists()  # written under a temporary name until closed
   writer.close()
-  assert [p.name for p in tmp_path.iterdir()] == ['v.mp4']
-  back = read_video(tmp_path / 'v.mp4')
+  assert [p.name for p in tmp_path.iterdir()] == [name]
+  back = [frame[..., :3] for frame in read_video(tmp_path / name)]  # GIFs may read as RGBA
   assert len(back) == 7 and back[0].shape == (128, 128, 3)
   # Flat grey frames come back grey at their level (H.264 is lossy, but not on flat frames).
   for i in (0, 2, 6):
