@@ -444,6 +444,11 @@ class MultiEncoder(Encoder):
 
   def call(self, data):
     if not isinstance(data, dict):
+      if self.keys != self.cnn_keys[:1]:
+        raise ValueError(
+            f'This encoder takes the observation keys {self.keys}; a single image tensor only '
+            'fits an encoder of one image key (the exported policy and the parity tools need '
+            'one). Pass a dict {key: tensor}.')
       data = {self.cnn_keys[0]: data}
     outputs = []
     if self.cnn_keys:

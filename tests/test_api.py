@@ -238,3 +238,51 @@ def test_train_on_an_env_end_to_end_and_resume(tmp_path, obs, action):
   again = dreamerv2_tf.train(lambda: ToyEnv(obs, action, length=30), cfg.update({'steps': 200}),
                              tmp_path / 'run', name='toy')
   assert again.steps == 200 and again.updates > result.updates
+
+
+def _metrics(logdir: pathlib.Path) -> list[dict]:
+  return [json.loads(line) for line in (logdir / 'metrics.jsonl').read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_dmc_proprio_walker_runs_a_debug_cycle(tmp_path):
+  """dmc_proprio on dmc_walker_walk: the MLP encoder and decoder on orientations and velocity
+  (walker's scalar height is not encoded), prefill, updates, evaluation, a checkpoint."""
+  cfg = dreamerv2_tf.load_config(('dmc_proprio', 'debug'), {
+      'steps': 250, 'prefill': 150, 'eval_every': 250, 'log_every': 100, 'time_limit': 100})
+  result = dreamerv2_tf.train('dmc_walker_walk', cfg, tmp_path / 'run')
+  assert result.steps == 250 and result.frames == 500 and result.signal is None
+  assert result.checkpoint is not None
+  logged = {key for line in _metrics(tmp_path / 'run') for key in line}
+  assert {'orientations_loss', 'velocity_loss', 'reward_loss', 'eval_return'} <= logged
+  assert 'image_loss' not in logged and 'height_loss' not in logged
+
+
+@pytest.mark.slow
+def test_crafter_runs_a_debug_cycle_and_logs_achievements(tmp_path):
+  cfg = dreamerv2_tf.load_config(('crafter', 'debug'), {
+      'steps': 250, 'prefill': 150, 'eval_every': 250, 'log_every': 100, 'time_limit': 60})
+  result = dreamerv2_tf.train('crafter_reward', cfg, tmp_path / 'run')
+  assert result.steps == 250 and result.signal is None
+  lines = _metrics(tmp_path / 'run')
+  episodes = [line for line in lines if 'train_length' in line]
+  assert episodes and all(0 < line['train_length'] <= 60 for line in episodes)
+  for line in episodes:
+    achievements = [k for k in line if k.startswith('train_log_achievement_')]
+    assert len(achievements) == 22 and 'train_log_reward' in line
+  assert any('image_loss' in line for line in lines)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('script, steps', [('minigrid.py', 400), ('custom_env.py', 300)])
+def test_examples_run_at_debug_size(tmp_path, script, steps):
+  import os
+  import subprocess
+  import sys
+  example = pathlib.Path(__file__).resolve().parents[1] / 'examples' / script
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+  out = subprocess.run([sys.executable, str(example), '--debug', '--logdir', str(tmp_path / 'run')],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  assert f'Trained {steps:,} agent steps' in out.stdout
+  assert list((tmp_path / 'run' / 'checkpoints').glob('*.index'))
