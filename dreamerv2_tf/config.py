@@ -10,8 +10,9 @@ steps). Schedulable keys (`actor_ent`, `actor_grad_mix`) are strings by default 
 parsed by `schedule.py`.
 
 Errors (all `ConfigError`, a `ValueError`): an unknown key (names the closest valid keys),
-a value of the wrong type (names the key, the value and the expected type), an unknown
-overlay name (lists the valid ones).
+a value of the wrong type (names the key, the value and the expected type), a value given to
+a group of keys (`--rssm=5`: names the group's keys), an unknown overlay name (lists the valid
+ones).
 """
 
 from __future__ import annotations
@@ -115,6 +116,8 @@ class Config(Mapping):
         if check:
           raise ConfigError(_unknown_message(key, self.flat_keys()))
         node[leaf] = value
+      elif check and isinstance(node[leaf], dict):
+        raise ConfigError(_group_message(key, value, node[leaf]))
       else:
         node[leaf] = convert(key, value, node[leaf]) if check else value
     return Config(data)
@@ -152,7 +155,20 @@ def _unknown_message(key: str, valid: list[str]) -> str:
   return f"Unknown config key '{key}'.{hint} See configs.yaml for all keys."
 
 
+def _group_message(key: str, value: Any, group: Mapping[str, Any]) -> str:
+  """For a value given to a group of keys (`--rssm=5`): names the group's keys."""
+  leaves = [f'{key}.{sub}' for sub, _ in _flatten(group)]
+  example = leaves[0] if leaves else key
+  default = group
+  for part in example.split('.')[len(key.split('.')):]:
+    default = default[part]
+  return (f"Config key '{key}' is a group of keys ({', '.join(leaves)}), not a value; got "
+          f'{value!r}. Set one of them, e.g. --{example}={default}.')
+
+
 _TYPE_NAMES = {bool: 'bool', int: 'int', float: 'float', str: 'str', list: 'list', tuple: 'list'}
+# Keys whose values are numbers or one of these words (validate.py checks the choice).
+WORD_VALUES = {'precision': ('bf16',)}
 
 
 def convert(key: str, value: Any, default: Any) -> Any:
@@ -161,7 +177,9 @@ def convert(key: str, value: Any, default: Any) -> Any:
   int keys accept integral floats and strings like '1e6' (step counts are written that way),
   not inf or nan;
   float keys accept ints; bool keys accept true/false/1/0/yes/no; list keys accept a YAML or
-  comma-separated string and convert each element like the default's first element.
+  comma-separated string and convert each element like the default's first element. A single
+  number given to a list key whose default holds several numbers (`--encoder.cnn_kernels=3`,
+  `--render_size=64`) is refused rather than taken as a one-element list; `[3]` says it.
 
   Raises:
     ConfigError: naming the key, the value and the expected type.
@@ -172,6 +190,8 @@ def convert(key: str, value: Any, default: Any) -> Any:
         f"Config key '{key}' expects a value of type {expected} (like {default!r}), "
         f"got {value!r}.")
 
+  if isinstance(value, str) and value.strip().lower() in WORD_VALUES.get(key, ()):
+    return value.strip().lower()
   if default is None:
     return value
   if isinstance(default, bool):
@@ -211,6 +231,13 @@ def convert(key: str, value: Any, default: Any) -> Any:
       text = value.strip()
       if text.startswith('['):
         value = ruamel.yaml.YAML(typ='safe', pure=True).load(text)
+      elif (',' not in text and len(default) > 1 and
+            all(isinstance(d, (int, float)) and not isinstance(d, bool) for d in default)):
+        listed = ','.join([text] * len(default))
+        raise ConfigError(
+            f"Config key '{key}' expects a list of {len(default)} numbers like "
+            f"{list(default)!r}, got the single value {value!r}; write all of them, e.g. "
+            f"--{key}={listed} (or '[{text}]' for a one-element list).")
       else:
         value = [v.strip() for v in text.split(',') if v.strip()]
     if not isinstance(value, (list, tuple)):

@@ -9,13 +9,16 @@ is created, TensorFlow loads or an environment starts:
 - the task (suite, Atari game, DMC domain and task; envs.check_task, no dm_control import);
 - sizes and counts: positive (`dataset.batch`, `rssm.deter`, ...) or non-negative (`seed`,
   `prefill`, `time_limit`, `log_every`, ...), in agent steps where they are step counts;
-- choices: `precision` 16/32, `actor.dist`, `actor_grad`, `clip_rewards`, `grad_heads`;
+- choices: `precision` 16/32/'bf16', `actor.dist`, `actor_grad`, `clip_rewards`, `grad_heads`;
 - schedules (`actor_ent`, `actor_grad_mix`) parse (schedule.parse);
 - `render_size` is two positive ints; floats are finite and in range (`discount` in (0, 1],
   learning rates > 0, ...);
-- replay lengths fit the episodes: with `time_limit` T > 0 every episode has at most T + 1
-  transitions (T agent steps plus the reset row), so `replay.minlen` > T + 1 would store no
-  episode (prefill would never end) and `dataset.length` > T + 1 would sample none.
+- replay lengths fit the episodes: with `time_limit` T > 0 every episode has at most T agent
+  steps (T + 1 transitions with the reset row), so `replay.minlen` (agent steps, as the
+  authors count) > T would store no episode (prefill would never end) and `dataset.length`
+  (transitions) > T + 1 would sample none; `dataset.length` >= 2;
+- network sizes that cannot be built (image suites): encoder kernels larger than the image
+  shrinks to, decoder kernels that do not produce `render_size` (`conv_sizes`, `deconv_size`).
 
 No TensorFlow is imported here.
 """
@@ -47,11 +50,13 @@ NON_NEGATIVE_INTS = {
     'actor.layers': 'hidden layers', 'critic.layers': 'hidden layers',
 }
 CHOICES = {
-    'precision': (16, 32),
+    'precision': (16, 32, 'bf16'),
     'actor.dist': ('auto', 'onehot', 'trunc_normal'),
     'actor_grad': ('auto', 'reinforce', 'dynamics', 'both'),
     'clip_rewards': ('tanh', 'identity'),
     'gym_image': ('obs', 'render'),
+    **{f'{net}.norm': ('none', 'layer') for net in (
+        'encoder', 'decoder', 'reward_head', 'discount_head', 'actor', 'critic')},
 }
 SCHEDULES = ('actor_ent', 'actor_grad_mix')
 GRAD_HEADS = ('decoder', 'reward', 'discount')
@@ -87,7 +92,7 @@ def validate(config: Mapping[str, Any], check_task: bool = True) -> None:
   """Raises ConfigError for the first value of `config` that cannot work (module docstring).
 
   Args:
-    config: a full Config (load_config / train.build_config), keys as in configs.yaml.
+    config: a full Config (load_config / train_cli.build_config), keys as in configs.yaml.
     check_task: also check the task name (envs.check_task: suite, Atari game, DMC task).
   Raises:
     ConfigError: one line naming the key, the value and what is allowed.
@@ -136,6 +141,7 @@ def validate(config: Mapping[str, Any], check_task: bool = True) -> None:
                   'positive kernel sizes')
   _check_keys(config)
   _check_lengths(config)
+  _check_conv_sizes(config)
   if check_task:
     from dreamerv2_tf import envs  # pylint: disable=import-outside-toplevel
     try:
@@ -167,19 +173,73 @@ def _check_lengths(config: Mapping[str, Any]) -> None:
   limit = int(config['time_limit'])
   minlen, length = int(config['replay.minlen']), int(config['dataset.length'])
   capacity = int(config['replay.capacity'])
-  if limit > 0 and minlen > limit + 1:
+  if length < 2:
     raise ConfigError(
-        f"Config key 'replay.minlen' is {minlen} transitions, but with time_limit {limit} "
-        f'every episode has at most {limit + 1} (the reset row plus {limit} agent steps): no '
-        f'episode would be stored and prefill would never end. Use replay.minlen <= '
-        f'{limit + 1} or a larger time_limit.')
+        f"Config key 'dataset.length' is {length}; training sequences need at least 2 "
+        'transitions (the world model learns from what follows the first row).')
+  if limit > 0 and minlen > limit:
+    raise ConfigError(
+        f"Config key 'replay.minlen' is {minlen} agent steps, but with time_limit {limit} every "
+        f'episode has at most {limit} agent steps ({limit + 1} transitions with the reset row): '
+        f'no episode would be stored and prefill would never end. Use replay.minlen <= {limit} '
+        'or a larger time_limit.')
   if limit > 0 and length > limit + 1:
     raise ConfigError(
         f"Config key 'dataset.length' is {length} transitions, but with time_limit {limit} "
         f'every episode has at most {limit + 1}: no training sequence could be sampled. Use '
         f'dataset.length <= {limit + 1} or a larger time_limit.')
-  for key, value in (('replay.minlen', minlen), ('dataset.length', length)):
+  for key, value in (('replay.minlen', minlen), ('dataset.length', length - 1)):
     if capacity < value:
       raise ConfigError(
-          f"Config key 'replay.capacity' is {capacity} transitions, less than {key} {value}: "
+          f"Config key 'replay.capacity' is {capacity} agent steps, less than {key} {value} "
+          f"agent steps{' (a sequence of ' + str(length) + ' transitions)' if key == 'dataset.length' else ''}: "
           'no episode long enough could be held in memory.')
+
+
+IMAGE_SUITES = ('atari', 'dmc', 'crafter')
+
+
+def conv_sizes(size: int, kernels) -> list[int]:
+  """Spatial sizes through the encoder's stride-2 'valid' convs: [size, (size - k) // 2 + 1, ...];
+  a size below 1 means the layer cannot be built (SPEC.md §3)."""
+  sizes = [int(size)]
+  for kernel in kernels:
+    sizes.append((sizes[-1] - int(kernel)) // 2 + 1)
+  return sizes
+
+
+def deconv_size(kernels) -> int:
+  """Image size the decoder's stride-2 'valid' transposed convs produce from 1x1: s -> 2(s-1)+k."""
+  size = 1
+  for kernel in kernels:
+    size = (size - 1) * 2 + int(kernel)
+  return size
+
+
+def _check_conv_sizes(config: Mapping[str, Any]) -> None:
+  """Encoder and decoder kernels against `render_size` for the image suites (Atari, DMC,
+  Crafter): every encoder layer needs an input at least as large as its kernel, and the decoder
+  must produce exactly the image size. The default kernels: 64 -> 31 -> 14 -> 6 -> 2 and
+  1 -> 5 -> 13 -> 30 -> 64."""
+  suite = str(config['task']).split('_', 1)[0]
+  if suite not in IMAGE_SUITES:
+    return
+  height, width = (int(s) for s in config['render_size'])
+  kernels = list(config['encoder.cnn_kernels'])
+  for axis, size in (('height', height), ('width', width)):
+    sizes = conv_sizes(size, kernels)
+    if min(sizes) < 1:
+      layer = next(i for i, s in enumerate(sizes) if s < 1) - 1
+      shown = ' -> '.join(str(s) for s in sizes[:layer + 1])
+      raise ConfigError(
+          f"Config key 'encoder.cnn_kernels' is {kernels}: image {axis} {size} shrinks "
+          f'{shown} through the stride-2 convs, smaller than kernel {kernels[layer]} of layer '
+          f'{layer + 1}, so the encoder cannot be built. Use fewer or smaller kernels, or a '
+          'larger render_size.')
+  kernels = list(config['decoder.cnn_kernels'])
+  produced = deconv_size(kernels)
+  if (produced, produced) != (height, width):
+    raise ConfigError(
+        f"Config key 'decoder.cnn_kernels' is {kernels}: its stride-2 transposed convs turn "
+        f'1x1 into {produced}x{produced} images, not the render_size {height}x{width} the '
+        'decoder must reconstruct (the default [5, 5, 6, 6] gives 64x64).')

@@ -1,14 +1,16 @@
-"""Command-line config handling of train.py (issue 5): overlays, typed overrides, errors."""
+"""Command-line config handling of train.py (issues 5, 11): overlays, typed overrides, the suite's
+overlay by default, resuming from a logdir, --help, one-line errors with exit status 2."""
 
 from __future__ import annotations
 
 import pathlib
+import re
 
 import pytest
 
-from conftest import run_tool  # also puts the repo root on sys.path, for `import train`
+from conftest import run_tool  # also puts the repo root on sys.path
+from dreamerv2_tf import train_cli as train
 from dreamerv2_tf.config import ConfigError, load_config, parse_overrides, read_blocks
-import train  # pylint: disable=wrong-import-order
 
 
 def test_parse_overrides_forms():
@@ -128,15 +130,22 @@ def test_stray_argument_fails(tmp_path):
     ({'actor.dist': 'gauss'}, ["'actor.dist'", "'gauss'", 'auto, onehot, trunc_normal']),
     ({'actor_grad': 'dyn'}, ["'actor_grad'", "'dyn'", 'auto, reinforce, dynamics, both']),
     ({'clip_rewards': 'clip'}, ["'clip_rewards'", "'clip'", 'tanh, identity']),
-    ({'render_size': '64'}, ["'render_size'", '[64]', 'two positive integers']),
+    ({'render_size': '[64]'}, ["'render_size'", '[64]', 'two positive integers']),
+    ({'dataset.length': '1'}, ["'dataset.length'", 'at least 2']),
+    ({'encoder.cnn_kernels': '[30,30]'}, ["'encoder.cnn_kernels'", '64 -> 18', 'kernel 30',
+                                          'cannot be built']),
+    ({'encoder.cnn_kernels': '[4,4,4,4,4]'}, ['64 -> 31 -> 14 -> 6 -> 2', 'layer 5']),
+    ({'decoder.cnn_kernels': '5,5,6'}, ["'decoder.cnn_kernels'", '30x30', '64x64']),
+    ({'render_size': '32,32'}, ["'encoder.cnn_kernels'", '32 -> 15 -> 6 -> 2']),
     ({'seed': '-1'}, ["'seed'", '-1', '>= 0']),
     ({'time_limit': '-1'}, ["'time_limit'", '-1', '0 disables']),
     ({'precision': '8'}, ["'precision'", '8', '16, 32']),
     ({'discount': '1.5'}, ["'discount'", '1.5', '(0.0, 1.0]']),
     ({'model_opt.lr': 'nan'}, ["'model_opt.lr'", 'nan', 'finite']),
     ({'grad_heads': 'decoder,rewrd'}, ["'grad_heads'", 'rewrd', 'decoder, reward, discount']),
-    # time_limit 200 (debug): episodes hold at most 201 transitions.
-    ({'replay.minlen': '500'}, ["'replay.minlen'", '500', 'at most 201', 'prefill would never']),
+    # time_limit 200 (debug): episodes hold at most 200 agent steps, 201 transitions.
+    ({'replay.minlen': '201'}, ["'replay.minlen'", '201 agent steps', 'at most 200 agent steps',
+                                'prefill would never']),
     ({'dataset.length': '300'}, ["'dataset.length'", '300', 'at most 201']),
     ({'replay.capacity': '5'}, ["'replay.capacity'", '5', 'replay.minlen 10']),
 ])
@@ -156,7 +165,7 @@ def test_validate_accepts_the_overlays_and_edge_values():
     validate(load_config(names))
   # 0 where it means none/never; minlen and length exactly one episode; no time limit.
   validate(load_config(['atari', 'debug'], {
-      'prefill': 0, 'pretrain': 0, 'log_every': 0, 'seed': 0, 'replay.minlen': 201,
+      'prefill': 0, 'pretrain': 0, 'log_every': 0, 'seed': 0, 'replay.minlen': 200,
       'dataset.length': 201, 'actor_ent': 'linear(3e-3,1e-3,1e6)', 'discount': 1.0}))
   validate(load_config(['atari', 'debug'], {'time_limit': 0, 'replay.minlen': 5000,
                                             'dataset.length': 5000}))
@@ -209,3 +218,139 @@ def test_parity_compare_corrupt_config_is_one_line(tmp_path, capsys):
   assert parity_main(['compare', str(tmp_path)]) == 1
   err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
   assert len(err) == 1 and f'cannot parse {tmp_path / "config.yaml"}' in err[0], err
+
+
+# ----------------------------------------------------------------------------- issue 11
+
+@pytest.mark.parametrize('value, expected', [
+    ('3', ["'encoder.cnn_kernels'", 'list of 4 numbers', "'3'", '--encoder.cnn_kernels=3,3,3,3']),
+    ('[3]', None),
+])
+def test_a_single_number_for_a_list_of_numbers_is_refused(value, expected):
+  if expected is None:
+    assert load_config([], {'encoder.cnn_kernels': value})['encoder.cnn_kernels'] == [3]
+    return
+  with pytest.raises(ConfigError) as error:
+    load_config([], {'encoder.cnn_kernels': value})
+  for text in expected:
+    assert text in str(error.value)
+  assert load_config([], {'grad_heads': 'decoder'}).grad_heads == ['decoder']  # strings: fine
+
+
+def test_a_value_for_a_group_of_keys_is_refused():
+  with pytest.raises(ConfigError, match=r"'rssm' is a group of keys \(rssm.hidden, rssm.deter"):
+    load_config([], {'rssm': '5'})
+
+
+@pytest.mark.parametrize('task, overlay, action_repeat', [
+    ('atari_pong', 'atari', 4), ('dmc_walker_walk', 'dmc_vision', 2),
+    ('crafter_reward', 'crafter', 1)])
+def test_the_task_suite_picks_its_overlay_unless_configs_are_given(task, overlay, action_repeat,
+                                                                   tmp_path):
+  notes = []
+  config = train.build_config([], {}, task, str(tmp_path / 'run'), notes)
+  assert config == load_config([overlay], {'task': task, 'logdir': str(tmp_path / 'run')})
+  assert config.action_repeat == action_repeat
+  assert notes == [f"--task {task}: using the '{overlay}' overlay of configs.yaml (give "
+                   '--configs to choose others).']
+  notes = []
+  explicit = train.build_config(['debug'], {}, task, str(tmp_path / 'run'), notes)
+  assert explicit.action_repeat == 1 and explicit.rssm.deter == 32 and not notes
+
+
+def test_a_logdir_alone_resumes_with_its_config_and_prints_changes(tmp_path):
+  logdir = tmp_path / 'run'
+  saved = load_config(['atari', 'debug'], {'rssm.deter': 16, 'logdir': str(logdir)})
+  saved.save(logdir / 'config.yaml')
+  notes = []
+  config = train.build_config([], {}, None, str(logdir), notes)
+  assert config == saved  # no dmc_vision overlay although defaults name a DMC task
+  assert notes == [f'Resuming {logdir} with its config.yaml (no key changed).']
+  notes = []
+  config = train.build_config([], {'steps': '2e3', 'rssm.deter': '16'}, None, str(logdir), notes)
+  assert config.steps == 2000 and config.rssm.deter == 16 and config.action_repeat == 4
+  assert notes == [f'Resuming {logdir} with its config.yaml; changed by the command line: ',
+                   '  steps: 1200 -> 2000']
+  # The same command as the first run resumes unchanged.
+  notes = []
+  again = train.build_config(['atari', 'debug'], {'rssm.deter': '16'}, None, str(logdir), notes)
+  assert again == saved and notes[-1].endswith('(no key changed).')
+
+
+def test_help_lists_usage_overlays_and_main_keys():
+  for flag in ('-h', '--help'):
+    result = run_tool(['train.py', flag], timeout=120)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.splitlines()[0] == 'train.py: trains DreamerV2 (Hafner et al., ICLR 2021).'
+    assert 'Usage:' in out and '--configs' in out and '--logdir DIR' in out
+    for name in (k for k in read_blocks() if k != 'defaults'):
+      assert re.search(rf'^  {name} +\S', out, re.M), name  # every overlay, with a description
+    assert re.search(r'^  atari +Atari 2600 games from 64x64 grayscale frames', out, re.M)
+    assert re.search(r'^  --replay.capacity=2000000 +agent steps held in memory', out, re.M)
+    assert re.search(r'^  --steps=100000000 +agent steps, prefill included', out, re.M)
+
+
+def _one_line_exit_2(result) -> str:
+  assert result.returncode == 2, (result.returncode, result.stderr)
+  lines = [l for l in result.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and lines[0].startswith('train.py: error: '), result.stderr
+  assert 'Traceback' not in result.stderr + result.stdout
+  return lines[0]
+
+
+@pytest.mark.parametrize('args, expected', [
+    (['--rssm=5'], ["'rssm' is a group of keys", 'rssm.deter']),
+    (['--dataset.length=1'], ["'dataset.length' is 1", 'at least 2']),
+    (['--encoder.cnn_kernels=3'], ["'encoder.cnn_kernels'", 'single value']),
+    (['--encoder.cnn_kernels=[9,9,9,9]'], ['64 -> 28 -> 10 -> 1', 'cannot be built']),
+    (['--decoder.cnn_kernels=4,4,4,4'], ['46x46', '64x64']),
+    # A full size beyond any machine's memory: bytes per step x capacity vs memory, one line.
+    (['--replay.capacity=1e10', '--steps=1e10'],
+     ['replay.capacity 10,000,000,000 agent steps x 4,175 bytes per step', 'GB at full size',
+      'GB of memory', 'Use --replay.capacity=']),
+])
+def test_issue_11_errors_are_one_line_with_exit_status_2(args, expected, tmp_path):
+  line = _fails_fast(args, tmp_path, *expected)
+  assert line.startswith('train.py: error: ')
+
+
+def test_a_logdir_that_is_a_file_is_refused(tmp_path):
+  target = tmp_path / 'run'
+  target.write_text('not a folder')
+  for logdir, expected in ((target, 'is a file, not a folder'),
+                           (target / 'sub', f'cannot be created: {target} is a file')):
+    result = run_tool(['train.py', '--configs', 'atari', 'debug', '--logdir', str(logdir)],
+                      timeout=120)
+    assert expected in _one_line_exit_2(result)
+  assert target.read_text() == 'not a folder' and sorted(tmp_path.iterdir()) == [target]
+
+
+def test_a_read_only_logdir_is_refused():
+  """As root (who may write anywhere) the command runs as the unprivileged user 65534."""
+  import os
+  import shutil
+  import subprocess
+  import sys
+  import tempfile
+  from conftest import tool_env
+  parent = pathlib.Path(tempfile.mkdtemp(prefix='dreamerv2_tf-readonly-'))
+  try:
+    parent.chmod(0o755)
+    logdir = parent / 'run'
+    logdir.mkdir()
+    logdir.chmod(0o555)
+    command = [sys.executable, 'train.py', '--configs', 'atari', 'debug', '--logdir', str(logdir)]
+    if os.geteuid() == 0:
+      if not shutil.which('setpriv'):
+        pytest.skip('running as root without setpriv: root may write into a read-only folder')
+      command = ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', *command]
+    elif os.access(logdir, os.W_OK):
+      pytest.skip('this user can write into a mode-0555 folder')
+    result = subprocess.run(command, cwd=pathlib.Path(__file__).resolve().parent.parent, env=tool_env(), capture_output=True,
+                            text=True, timeout=120)
+    line = _one_line_exit_2(result)
+    assert f'--logdir {logdir} is not writable' in line and 'Permission denied' in line, line
+    assert not list(logdir.iterdir())
+  finally:
+    shutil.rmtree(parent, ignore_errors=True)
