@@ -63,6 +63,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                  help="the authors' venv interpreter, e.g. /tmp/dreamerv2-authors-venv/bin/"
                       'python; also runs their release on every seed')
   p.add_argument('--jobs', type=int, default=1, help='trainings run at the same time')
+  p.add_argument('--impls', nargs='+', choices=IMPLS, default=None,
+                 help="implementations to train (default: port, and authors with --authors)")
   p.add_argument('--overlay', default='small', help='configs.yaml overlay')
   p.add_argument('--set', nargs='*', default=[], metavar='KEY=VALUE',
                  help='config overrides for both implementations, e.g. steps=4000')
@@ -312,7 +314,10 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{np.mean(result['random']):.3f}", flush=True)
     return 0
   if not args.report:
-    impls = ['port'] + (['authors'] if args.authors else [])
+    impls = args.impls or ['port'] + (['authors'] if args.authors else [])
+    if 'authors' in impls and not args.authors:
+      print('--impls authors needs --authors PYTHON.', file=sys.stderr)
+      return 2
     statuses = run_all(args, [(impl, seed) for seed in args.seeds for impl in impls])
     if any(statuses):
       report(args)

@@ -62,6 +62,8 @@ def parse(argv=None):
                  help='extra overrides (their config names), e.g. steps=3000 actor_ent=3e-3')
   p.add_argument('--task', default=None, help='MiniGrid id (default: learning_task.DEFAULT_TASK)')
   p.add_argument('--max_steps', type=int, default=None, help='episode limit, agent steps')
+  p.add_argument('--eval_only', action='store_true',
+                 help='skip training: evaluate the variables.pkl already in --logdir')
   return p.parse_args(argv)
 
 
@@ -140,9 +142,12 @@ def authors_config(api, overlay: str, sets, seed: int, logdir: str):
     name, _, val = item.partition('=')
     extra[name] = yaml.safe_load(val)
   config = config.update(extra)
+  # Their api.train only checks `steps` between chunks of `eval_every` agent steps (saving
+  # variables.pkl after each; it has no evaluation): chunks of 100 stop it within 100 steps of
+  # `steps`, as this project's loop stops at `steps`.
   config = config.update({
       'replay.maxlen': int(config['dataset.length']), 'seed': seed, 'logdir': logdir,
-      'task': 'minigrid', 'time_limit': 0})
+      'task': 'minigrid', 'time_limit': 0, 'eval_every': 100})
   print('Applied from configs.yaml', overlay, applied, '\nskipped', skipped, '\nextra', extra,
         flush=True)
   return config, {**applied, **extra}
@@ -192,9 +197,14 @@ def main(argv=None) -> int:
   config, applied = authors_config(api, args.overlay, args.set, args.seed, args.logdir)
   env = OldGymEnv(task.make_task(**TASK_KWARGS), seed=args.seed)
   start_wall, start_cpu = time.time(), cpu_seconds()
-  api.train(env, config, outputs=[common.TerminalOutput(),
-                                  common.JSONLOutput(config.logdir)])
-  wall, cpu = time.time() - start_wall, cpu_seconds() - start_cpu
+  timing = pathlib.Path(config.logdir) / 'timing.json'
+  if args.eval_only:
+    wall, cpu = json.loads(timing.read_text()) if timing.exists() else (float('nan'),) * 2
+  else:
+    api.train(env, config, outputs=[common.TerminalOutput(),
+                                    common.JSONLOutput(config.logdir)])
+    wall, cpu = time.time() - start_wall, cpu_seconds() - start_cpu
+    timing.write_text(json.dumps([wall, cpu]))
   print(f'Trained {int(config.steps)} agent steps in {wall / 60:.1f} min ({cpu:.0f} CPU-s).',
         flush=True)
   eval_seed = 10_000 + args.seed
@@ -204,7 +214,7 @@ def main(argv=None) -> int:
   rand = task.play(task.make_task(**TASK_KWARGS), task.random_policy(eval_seed),
                    args.episodes, eval_seed)[0]
   steps, returns = task.episode_curve(pathlib.Path(config.logdir) / 'train_episodes')
-  result = dict(impl='authors', seed=args.seed, steps=int(config.steps), train_wall_s=wall,
+  result = dict(impl='authors', seed=args.seed, steps=int(steps[-1]), train_wall_s=wall,
                 train_cpu_s=cpu, learned=learned, random=rand, curve_steps=steps.tolist(),
                 curve_returns=returns.tolist(), config=applied, task=TASK_KWARGS)
   tmp = pathlib.Path(args.output).with_suffix('.tmp')
