@@ -16,13 +16,18 @@ Time alignment of an imagined trajectory (time-major, H + 1 = 16 states, N colum
 Actor loss: −mean_{t=0..13} w_t·(objective_t + η·H[π(·|s_t)]); reinforce objective
 log π(a_{t+1}|s_t)·sg(R_{t+1} − v(s_t)) with v the target critic; dynamics objective R_{t+1}.
 Critic loss: −mean_{t=0..14} w_t·log N(sg(R_t); v_critic(s_t), 1).
+
+As in the authors' release, `v` in the targets and in the reinforce baseline is always the
+target network: the target critic with `slow_target: True`, the critic itself without.
+`slow_baseline` is accepted for config compatibility and, as there, changes nothing.
+Rewards pass through `RewardNorm` (the authors' StreamNorm; the identity at momentum 1).
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
 
-from dreamerv2_tf import dists, nets
+from dreamerv2_tf import distribute, dists, nets
 from dreamerv2_tf.optim import Optimizer
 from dreamerv2_tf.schedule import parse, schedule
 
@@ -60,6 +65,35 @@ def lambda_return(reward: tf.Tensor, value: tf.Tensor, discount: tf.Tensor,
   return tf.stack(returns[::-1], 0)
 
 
+class RewardNorm(tf.Module):
+  """Streaming reward normalisation, the authors' StreamNorm (issue 13).
+
+  mag ← momentum·mag + (1 − momentum)·mean|r| (float64 variable, starts at 1, updated with
+  every batch before it is used); output r / (mag + eps)·scale. Momentum 1 leaves mag at 1:
+  the output is r / (1 + eps)·scale (= r in float32 for eps 1e-8, scale 1); momentum 0 uses
+  the current batch only.
+
+  Args:
+    momentum: in [0, 1]. scale: output multiplier. eps: added to mag.
+  """
+
+  def __init__(self, momentum: float = 1.0, scale: float = 1.0, eps: float = 1e-8,
+               name: str = 'reward_norm'):
+    super().__init__(name=name)
+    self.momentum, self.scale, self.eps = float(momentum), float(scale), float(eps)
+    self.mag = tf.Variable(tf.ones((), tf.float64), trainable=False, name='mag')
+
+  def __call__(self, reward: tf.Tensor):
+    """reward [...] float32 → (normalised reward [...], metrics mean/std/normed_mean/normed_std)."""
+    reward = tf.cast(reward, tf.float32)
+    batch_mag = tf.cast(tf.reduce_mean(tf.abs(tf.reshape(reward, [-1]))), tf.float64)
+    batch_mag = distribute.replica_mean(batch_mag)  # every replica's copy: the global mean
+    self.mag.assign(self.momentum * self.mag + (1.0 - self.momentum) * batch_mag)
+    out = reward / (tf.cast(self.mag, tf.float32) + self.eps) * self.scale
+    return out, {'mean': tf.reduce_mean(reward), 'std': tf.math.reduce_std(reward),
+                 'normed_mean': tf.reduce_mean(out), 'normed_std': tf.math.reduce_std(out)}
+
+
 class ActorCritic(tf.Module):
   """Actor, critic, target critic and their optimisers (SPEC.md §4).
 
@@ -69,11 +103,11 @@ class ActorCritic(tf.Module):
     actor_opt, critic_opt: optimiser sub-configs. discount: γ (without a discount head).
     discount_lambda: λ. imag_horizon: H. actor_grad: auto|reinforce|dynamics|both.
     actor_grad_mix, actor_ent: numbers or schedule strings (agent steps).
-    slow_target, slow_target_update (updates), slow_target_fraction, slow_baseline.
-    reward_norm: {'momentum', 'scale', 'eps'}; only momentum 1 (the identity, as in every
-      published config) is supported.
+    slow_target, slow_target_update (updates), slow_target_fraction; slow_baseline (no
+      effect, as in the authors' release: the baseline is the target network).
+    reward_norm: {'momentum', 'scale', 'eps'} of `RewardNorm`.
   Raises:
-    ValueError: an unknown actor distribution or gradient, or reward normalisation.
+    ValueError: an unknown actor distribution or gradient.
   """
 
   def __init__(self, feat_size: int, action_size: int, discrete: bool, *, actor, critic,
@@ -94,9 +128,9 @@ class ActorCritic(tf.Module):
     if actor_grad not in ('reinforce', 'dynamics', 'both'):
       raise ValueError(
           f"actor_grad is {actor_grad!r}; allowed: auto, reinforce, dynamics, both.")
-    if float(reward_norm['momentum']) != 1.0:
-      raise ValueError(f"reward_norm.momentum is {reward_norm['momentum']}; only 1.0 (no "
-                       f"normalisation, as in every published config) is supported.")
+    momentum = float(reward_norm['momentum'])
+    if not 0.0 <= momentum <= 1.0:
+      raise ValueError(f'reward_norm.momentum is {momentum}; allowed: 0 to 1.')
     parse(actor_grad_mix), parse(actor_ent)  # Fail early on malformed schedules.
     self.actor_grad = actor_grad
     self.actor_grad_mix = actor_grad_mix
@@ -111,13 +145,16 @@ class ActorCritic(tf.Module):
     self.slow_target_fraction = float(slow_target_fraction)
     self.slow_baseline = slow_baseline
     self.actor = nets.MLP(feat_size, action_size, actor['layers'], actor['units'],
-                          actor['act'], std_out=dist == 'trunc_normal', name='actor')
+                          actor['act'], std_out=dist == 'trunc_normal',
+                          norm=actor.get('norm', 'none'), name='actor')
+    critic_norm = critic.get('norm', 'none')
     self.critic = nets.MLP(feat_size, 1, critic['layers'], critic['units'], critic['act'],
-                           name='critic')
+                           norm=critic_norm, name='critic')
     self.target_critic = nets.MLP(feat_size, 1, critic['layers'], critic['units'],
-                                  critic['act'], name='target_critic')
+                                  critic['act'], norm=critic_norm, name='target_critic')
     self.target_critic.trainable = False
     self.updates = tf.Variable(0, dtype=tf.int64, trainable=False, name='updates')
+    self.reward_norm = RewardNorm(**dict(reward_norm))
     self.actor_opt = Optimizer('actor', self.actor.trainable_variables, mixed=mixed,
                                **dict(actor_opt))
     self.critic_opt = Optimizer('critic', self.critic.trainable_variables, mixed=mixed,
@@ -136,16 +173,22 @@ class ActorCritic(tf.Module):
     net = self.target_critic if target else self.critic
     return tf.cast(net(feat)[..., 0], tf.float32)
 
-  def train(self, world_model, start: dict, is_terminal: tf.Tensor, step) -> dict:
+  def train(self, world_model, start: dict, is_terminal: tf.Tensor, step,
+            reward_fn=None) -> dict:
     """One actor and one critic update on a trajectory imagined from `start` [B, T, ...].
 
-    `step` is the agent-step counter at which schedules are evaluated. The world model's
-    reward head gives the rewards (its mode), its discount head the discounts.
+    `step` is the agent-step counter at which schedules are evaluated. `reward_fn(seq)` gives
+    the rewards [H + 1, N] (default: the world model's reward head, its mode), normalised by
+    `reward_norm`; the discount head gives the discounts.
     """
     metrics = {}
+    if reward_fn is None:
+      reward_fn = lambda seq: world_model.head_dist('reward', seq['feat']).mode()
     with tf.GradientTape() as actor_tape:
       seq = world_model.imagine(self.policy, start, is_terminal, self.imag_horizon)
-      seq['reward'] = world_model.head_dist('reward', seq['feat']).mode()
+      reward = reward_fn(seq)
+      seq['reward'], mets = self.reward_norm(reward)
+      metrics.update({f'reward_{k}': v for k, v in mets.items()})
       target, value, mets = self._target_and_value(seq)
       metrics.update(mets)
       actor_loss, mets = self.actor_loss(seq, target, step, value)
@@ -159,9 +202,6 @@ class ActorCritic(tf.Module):
     metrics.update(self.critic_opt.minimize(critic_tape, scaled_critic))
     metrics['actor_loss'] = actor_loss
     metrics['critic_loss'] = critic_loss
-    reward = seq['reward']
-    metrics['reward_mean'] = tf.reduce_mean(reward)
-    metrics['reward_std'] = tf.math.reduce_std(reward)
     self.update_slow_target()
     return metrics
 
@@ -187,9 +227,8 @@ class ActorCritic(tf.Module):
 
     Args:
       seq: imagined trajectory, time-major [H + 1, N, ...]; target: λ-returns [H, N];
-      step: agent step for the schedules; value: the values [H + 1, N] that `target` used,
-        reused as the reinforce baseline when it comes from the same network (saves one
-        critic pass over the trajectory); None recomputes it.
+      step: agent step for the schedules; value: the values [H + 1, N] that `target` used
+        (the target network's), reused as the reinforce baseline; None recomputes them.
     Returns:
       (loss scalar float32, metrics `actor_ent`, `actor_ent_scale`).
     """
@@ -197,10 +236,12 @@ class ActorCritic(tf.Module):
     if self.actor_grad == 'dynamics':
       objective = target[1:]
     else:
-      if value is not None and self.slow_baseline == self.slow_target:
+      # The authors' baseline is `_target_critic` whatever `slow_baseline` says (it is the
+      # critic itself without a slow target), i.e. the network the targets use.
+      if value is not None:
         baseline = value[:-2]
       else:
-        baseline = self.value(seq['feat'][:-2], target=self.slow_baseline)
+        baseline = self.value(seq['feat'][:-2], target=self.slow_target)
       advantage = tf.stop_gradient(target[1:] - baseline)
       action = tf.cast(seq['action'][1:-1], tf.float32)
       objective = policy.log_prob(action) * advantage

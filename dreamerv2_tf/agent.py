@@ -11,18 +11,26 @@ Usage (see loop.py):
 The policy state is a flat dict `{'deter': [B, D], 'stoch': [B, S, K], 'prev_action': [B, A]}`
 (float32), the same tensors the exported SavedModel takes and returns. The agent is a
 `tf.Module`: `tf.train.Checkpoint(agent=agent)` saves every variable, the optimisers' slots,
-loss scales and `agent.updates` included (SPEC.md §5, §6, §8).
+loss scales and `agent.updates` included (SPEC.md §5, §6, §8). `agent.variables` and
+`agent.trainable_variables` list every variable exactly once (tf.Module alone does not see
+Keras 3 layers); `build_parts` creates all layers and optimisers, so constructing the Agent
+inside a `tf.distribute` strategy's scope (`scope=strategy.scope()`) places all of them.
+
+`deterministic_check: True` (a checking tool, README "Deterministic updates") traces `train`
+and `policy` under `dists.mode_draws()`: every random draw is its mode, the straight-through
+terms stay, as in the authors' update fixtures.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 
 import keras
 import tensorflow as tf
 
-from dreamerv2_tf import nets
+from dreamerv2_tf import dists, nets
 from dreamerv2_tf.actor_critic import ActorCritic
 from dreamerv2_tf.world_model import WorldModel, obs_shapes, preprocess_image
 
@@ -38,16 +46,19 @@ def configure_precision(precision: int) -> str:
   """Sets the global Keras dtype policy and returns its name (SPEC.md §5).
 
   `precision: 16` gives `mixed_float16` when a GPU is visible, else float32 (float16 is
-  slower than float32 on CPUs). `precision: 32` gives float32.
+  slower than float32 on CPUs). `precision: 32` gives float32; 'bf16' gives `mixed_bfloat16`
+  (no loss scaling). Idempotent, and the same mapping as the Runner's device set-up.
 
   Raises:
-    ValueError: for a precision other than 16 or 32.
+    ValueError: for a precision other than 16, 32 or 'bf16'.
   """
-  if precision not in (16, 32):
-    raise ValueError(f'precision is {precision!r}; allowed: 16, 32.')
+  if precision not in (16, 32, 'bf16'):
+    raise ValueError(f"precision is {precision!r}; allowed: 16, 32, 'bf16'.")
   name = 'float32'
   if precision == 16 and tf.config.list_physical_devices('GPU'):
     name = 'mixed_float16'
+  elif precision == 'bf16':
+    name = 'mixed_bfloat16'
   keras.mixed_precision.set_global_policy(name)
   return name
 
@@ -58,6 +69,40 @@ def _space_size(act_space) -> tuple[bool, int]:
   return bool(act_space.discrete), int(act_space.size)
 
 
+def build_parts(config, image_shape, action_size: int, discrete: bool, mixed: bool) -> dict:
+  """Builds every layer and optimiser of the agent: {'wm': WorldModel, 'ac': ActorCritic}.
+
+  The one place where the agent's variables are created: call it inside a tf.distribute
+  strategy's scope to place them there (`Agent(..., scope=strategy.scope())` does).
+  """
+  wm = WorldModel(
+      image_shape, action_size, rssm=config.rssm, encoder=config.encoder,
+      decoder=config.decoder, reward_head=config.reward_head,
+      discount_head=config.discount_head, pred_discount=config.pred_discount,
+      grad_heads=config.grad_heads, loss_scales=config.loss_scales, kl=config.kl,
+      clip_rewards=config.clip_rewards, discount=config.discount,
+      model_opt=config.model_opt, mixed=mixed)
+  ac = ActorCritic(
+      wm.rssm.feat_size, action_size, discrete, actor=config.actor,
+      critic=config.critic, actor_opt=config.actor_opt, critic_opt=config.critic_opt,
+      discount=config.discount, discount_lambda=config.discount_lambda,
+      imag_horizon=config.imag_horizon, actor_grad=config.actor_grad,
+      actor_grad_mix=config.actor_grad_mix, actor_ent=config.actor_ent,
+      slow_target=config.slow_target, slow_target_update=config.slow_target_update,
+      slow_target_fraction=config.slow_target_fraction,
+      slow_baseline=config.slow_baseline, reward_norm=config.reward_norm, mixed=mixed)
+  return {'wm': wm, 'ac': ac}
+
+
+def _unique(variables) -> list:
+  seen, out = set(), []
+  for var in variables:
+    if id(var) not in seen:
+      seen.add(id(var))
+      out.append(var)
+  return out
+
+
 class Agent(tf.Module):
   """World model + actor-critic, with compiled `policy`, `train` and `report`.
 
@@ -66,9 +111,11 @@ class Agent(tf.Module):
     obs_space: {'image': ((H, W, C), uint8), ...} or an object with that mapping.
     act_space: ActSpace(discrete, size) or any object with those attributes.
     step: int64 tf.Variable counting agent steps; schedules are evaluated at it.
+    scope: optional context manager (e.g. `strategy.scope()`) entered while `build_parts`
+      creates the layers and optimisers.
   """
 
-  def __init__(self, config, obs_space, act_space, step: tf.Variable):
+  def __init__(self, config, obs_space, act_space, step: tf.Variable, scope=None):
     super().__init__(name='agent')
     self.config = config
     self.precision = configure_precision(config.precision)
@@ -76,31 +123,49 @@ class Agent(tf.Module):
     image_shape = obs_shapes(obs_space)  # {key: shape} of the observation keys
     self.discrete, self.action_size = _space_size(act_space)
     self.step = step
-    self.wm = WorldModel(
-        image_shape, self.action_size, rssm=config.rssm, encoder=config.encoder,
-        decoder=config.decoder, reward_head=config.reward_head,
-        discount_head=config.discount_head, pred_discount=config.pred_discount,
-        grad_heads=config.grad_heads, loss_scales=config.loss_scales, kl=config.kl,
-        clip_rewards=config.clip_rewards, discount=config.discount,
-        model_opt=config.model_opt, mixed=mixed)
-    self.ac = ActorCritic(
-        self.wm.rssm.feat_size, self.action_size, self.discrete, actor=config.actor,
-        critic=config.critic, actor_opt=config.actor_opt, critic_opt=config.critic_opt,
-        discount=config.discount, discount_lambda=config.discount_lambda,
-        imag_horizon=config.imag_horizon, actor_grad=config.actor_grad,
-        actor_grad_mix=config.actor_grad_mix, actor_ent=config.actor_ent,
-        slow_target=config.slow_target, slow_target_update=config.slow_target_update,
-        slow_target_fraction=config.slow_target_fraction,
-        slow_baseline=config.slow_baseline, reward_norm=config.reward_norm, mixed=mixed)
+    with scope or contextlib.nullcontext():
+      parts = build_parts(config, image_shape, self.action_size, self.discrete, mixed)
+    self.wm, self.ac = parts['wm'], parts['ac']
     self.eval_state_mean = bool(config.eval_state_mean)
-    if float(config.expl_noise) or float(config.eval_noise):
-      raise ValueError('expl_noise and eval_noise must be 0 (no published config uses noise).')
-    compile_fn = (lambda fn, **kw: tf.function(fn, **kw)) if config.jit else (lambda fn, **kw: fn)
+    self.expl_noise = float(config.expl_noise)
+    self.eval_noise = float(config.eval_noise)
+    self.deterministic = bool(config.deterministic_check)
+    for opt in self.optimizers:
+      opt.diagnostics = self.deterministic
+    # No AutoGraph: the steps have no tensor-dependent Python control flow (tf.cond is explicit),
+    # and converting ~150 functions' source is about half of the tracing time (issue 16).
+    compile_fn = ((lambda fn, **kw: tf.function(fn, autograph=False, **kw)) if config.jit
+                  else (lambda fn, **kw: fn))
     self._policy = compile_fn(self._policy_step)
     self._train = compile_fn(self._train_step, jit_compile=bool(config.xla))
     # Runs eagerly: it is called once per log interval, and Grappler's layout pass fails
     # (harmlessly, but loudly) on its traced graph in TF 2.21.
     self._report = self._report_step
+
+  @property
+  def optimizers(self) -> list:
+    """The optimisers (`optim.Optimizer`): model, actor, critic."""
+    return [self.wm.opt, self.ac.actor_opt, self.ac.critic_opt]
+
+  def _layers(self) -> list:
+    return [self.wm.encoder, self.wm.rssm, *self.wm.heads.values(), self.ac.actor,
+            self.ac.critic, self.ac.target_critic]
+
+  @property
+  def trainable_variables(self) -> list:
+    """Every weight an optimiser updates, once each, in optimiser order (model, actor,
+    critic); their sizes sum to `param_counts()` world_model + actor + critic."""
+    return _unique(v for opt in self.optimizers for v in opt.variables_)
+
+  @property
+  def variables(self) -> list:
+    """Every variable of the agent, once each: `trainable_variables`, then the other layer
+    weights (target critic), the counters and statistics (agent step, `updates`, reward
+    normaliser, skipped steps) and the optimisers' own variables (iterations, Adam moments,
+    loss scale)."""
+    layer_weights = [w for layer in self._layers() for w in layer.weights]
+    opt_vars = [v for opt in self.optimizers for v in opt.opt.variables]
+    return _unique([*self.trainable_variables, *layer_weights, *super().variables, *opt_vars])
 
   @property
   def updates(self) -> tf.Variable:
@@ -132,12 +197,16 @@ class Agent(tf.Module):
       obs: the encoder's keys (e.g. 'image' uint8 [B, H, W, C], vectors float32 [B, n]) and
         'is_first' bool [B] (other keys ignored).
       state: policy state from the previous call (None: zeros); reset where is_first.
-      mode: 'train' samples the action; 'eval' takes the actor's mode. The latent is sampled
-        in both unless `eval_state_mean` (then the posterior's mode in 'eval').
+      mode: 'train' samples the action (plus `expl_noise`); 'eval' takes the actor's mode
+        (plus `eval_noise`). As in the authors' release, whose training policy acts in its
+        'explore' mode, the latent is the posterior's mode in both when `eval_state_mean`,
+        else a sample.
     Returns:
       ({'action': float32 [B, A]}, new state).
     Raises:
       ValueError: for another mode.
+      FloatingPointError: when the latent state or the actor's output is not finite (NaN or
+        inf weights, observations or state); no action is returned then.
     """
     if mode not in ('train', 'eval'):
       raise ValueError(f"policy mode is {mode!r}; allowed: 'train', 'eval'.")
@@ -145,20 +214,43 @@ class Agent(tf.Module):
     is_first = tf.convert_to_tensor(obs['is_first'], tf.bool)
     if state is None:
       state = self.initial_state(int(is_first.shape[0]))
-    return self._policy(image, is_first, state, mode == 'eval')
+    outputs, new_state, finite = self._policy(image, is_first, state, mode == 'eval')
+    if not bool(finite):
+      raise FloatingPointError(
+          'Agent.policy: the latent state or the actor\'s output is not finite (NaN or inf in '
+          'the weights, the observation or the policy state); refusing to act. Restore a '
+          'checkpoint from before the divergence.')
+    return outputs, new_state
 
   def _policy_step(self, image, is_first, state, eval_mode: bool):
-    wm = self.wm
-    embed = wm.encode(wm.preprocess_obs(image))
-    latent = {'deter': state['deter'], 'stoch': state['stoch']}
-    sample = not (eval_mode and self.eval_state_mean)
-    post, _ = wm.rssm.obs_step(latent, state['prev_action'], embed, is_first, sample,
-                               with_prior=False)
-    dist = self.ac.policy(wm.rssm.get_feat(post))
-    action = tf.cast(dist.mode() if eval_mode else dist.sample(), tf.float32)
+    with dists.mode_draws(self.deterministic):
+      wm = self.wm
+      embed = wm.encode(wm.preprocess_obs(image))
+      latent = {'deter': state['deter'], 'stoch': state['stoch']}
+      post, _ = wm.rssm.obs_step(latent, state['prev_action'], embed, is_first,
+                                 not self.eval_state_mean, with_prior=False)
+      feat = wm.rssm.get_feat(post)
+      dist = self.ac.policy(feat)
+      action = tf.cast(dist.mode() if eval_mode else dist.sample(), tf.float32)
+      checked = [feat, dist.mode()]
+      if self.discrete:
+        checked.append(dist.logits_parameter())
+      finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(tf.cast(x, tf.float32)))
+                              for x in checked])
+      action = self._action_noise(action, self.eval_noise if eval_mode else self.expl_noise)
     new_state = {'deter': tf.cast(post['deter'], tf.float32),
                  'stoch': tf.cast(post['stoch'], tf.float32), 'prev_action': action}
-    return {'action': action}, new_state
+    return {'action': action}, new_state, finite
+
+  def _action_noise(self, action, amount: float):
+    """The authors' action noise: discrete, a uniform mix (amount/A + (1 − amount)·action)
+    sampled; continuous, clip(Normal(action, amount) sample, −1, 1). 0 returns `action`."""
+    if not amount:
+      return action
+    if self.discrete:
+      probs = amount / self.action_size + (1.0 - amount) * action
+      return tf.cast(dists.OneHotDist(probs=probs).sample(), tf.float32)
+    return tf.clip_by_value(action + amount * tf.random.normal(tf.shape(action)), -1.0, 1.0)
 
   @property
   def batch_keys(self) -> tuple[str, ...]:
@@ -174,15 +266,18 @@ class Agent(tf.Module):
       data: replay batch {image uint8 [B,T,H,W,C], action float32 [B,T,A], reward float32
         [B,T], is_first/is_last/is_terminal bool [B,T]}; `log_*` keys are ignored.
     Returns:
-      dict of float32 scalar metrics (model_loss, image_loss, ..., actor_loss, critic_loss).
+      dict of float32 scalar metrics (model_loss, image_loss, ..., actor_loss, critic_loss);
+      with `deterministic_check` also per-module and per-variable gradient norms
+      (`model_grad_norm/encoder`, `model_grad_norm_var/000`, ...).
     """
     keys = self.batch_keys
     return self._train({k: data[k] for k in keys})
 
   def _train_step(self, data):
-    post, _, metrics = self.wm.train(data)
-    start = {k: tf.stop_gradient(v) for k, v in post.items()}
-    metrics.update(self.ac.train(self.wm, start, data['is_terminal'], self.step))
+    with dists.mode_draws(self.deterministic):
+      post, _, metrics = self.wm.train(data)
+      start = {k: tf.stop_gradient(v) for k, v in post.items()}
+      metrics.update(self.ac.train(self.wm, start, data['is_terminal'], self.step))
     return {k: tf.cast(v, tf.float32) for k, v in metrics.items()}
 
   def report(self, data: dict) -> dict:

@@ -10,14 +10,51 @@ their parameters with `tf.cast(x, tf.float32)` first (mixed float16 would break
 - `TruncNormalDist`: the continuous actor's truncated normal on [−1, 1] whose samples are
   clipped into (−1 + 1e-6, 1 − 1e-6) with a straight-through gradient.
 - `image_dist`, `scalar_normal`, `bernoulli`: the heads' unit-variance Normal and Bernoulli.
+- `mode_draws()`: the checking switch (`deterministic_check`) under which every draw of these
+  distributions returns its mode while the straight-through terms around it stay.
 """
 
 from __future__ import annotations
+
+import contextlib
+import threading
 
 import tensorflow as tf
 import tensorflow_probability as tfp
 
 tfd = tfp.distributions
+
+_SWITCH = threading.local()
+
+
+@contextlib.contextmanager
+def mode_draws(enabled: bool = True):
+  """Within this block (while Python runs, i.e. while a tf.function traces), draws are modes.
+
+  The checking tool behind the config key `deterministic_check` (README, "Deterministic
+  updates"): `OneHotDist.sample` draws one_hot(argmax(logits)) (ties: lowest index) and
+  `TruncNormalDist.sample` draws clip(loc, low, high) with d draw / d loc = 1 and no path to the
+  scale; everything the samplers add around the draw is kept (the one-hot straight-through term
+  probs − sg(probs), the truncated normal's clip into (low + 1e-6, high − 1e-6)). This is the
+  semantics of the authors' update fixtures (tests/fixtures/update_*/README.md, "The
+  deterministic switch"). Nested blocks restore the outer setting. Never used in training.
+  """
+  previous = getattr(_SWITCH, 'enabled', False)
+  _SWITCH.enabled = bool(enabled)
+  try:
+    yield
+  finally:
+    _SWITCH.enabled = previous
+
+
+def drawing_modes() -> bool:
+  """True inside `mode_draws()` (see there)."""
+  return getattr(_SWITCH, 'enabled', False)
+
+
+def _broadcast_draw(value, sample_shape):
+  shape = tf.reshape(tf.convert_to_tensor(sample_shape, tf.int32), [-1])
+  return tf.broadcast_to(value, tf.concat([shape, tf.shape(value)], 0))
 
 
 class OneHotDist(tfd.OneHotCategorical):
@@ -55,7 +92,10 @@ class OneHotDist(tfd.OneHotCategorical):
   def sample(self, sample_shape=(), seed=None, name='sample', **kwargs):
     # TFP's sampler draws int indices; the straight-through term adds the probabilities'
     # gradient without changing the forward value.
-    sample = tf.stop_gradient(super().sample(sample_shape, seed=seed, name=name, **kwargs))
+    if drawing_modes():
+      sample = _broadcast_draw(self.mode(), sample_shape)
+    else:
+      sample = tf.stop_gradient(super().sample(sample_shape, seed=seed, name=name, **kwargs))
     probs = self.probs_parameter()
     while len(probs.shape) < len(sample.shape):
       probs = probs[None]
@@ -88,7 +128,13 @@ class TruncNormalDist(tfd.TruncatedNormal):
     return tfd.TruncatedNormal._parameter_properties(dtype, num_classes)
 
   def sample(self, sample_shape=(), seed=None, name='sample', **kwargs):
-    event = super().sample(sample_shape, seed=seed, name=name, **kwargs)
+    if drawing_modes():
+      # The mode clip(loc, low, high) broadcast to the draw's shape: d event / d loc = 1 inside
+      # the bounds, no gradient path to the scale (see `mode_draws`).
+      loc = self.loc + tf.zeros_like(self.scale)
+      event = _broadcast_draw(tf.clip_by_value(loc, self.low, self.high), sample_shape)
+    else:
+      event = super().sample(sample_shape, seed=seed, name=name, **kwargs)
     if self._clip:
       low = tf.cast(self.low, event.dtype) + self._clip
       high = tf.cast(self.high, event.dtype) - self._clip

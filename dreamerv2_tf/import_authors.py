@@ -207,12 +207,6 @@ _UNUSED_KEYS = {
 _REQUIRED = {
     'rssm.ensemble': (1, 'the prior ensemble is only used by Plan2Explore'),
     'rssm.norm': ('none', 'no layer norm outside the GRU is implemented'),
-    'encoder.norm': ('none', 'no normalisation layers are implemented in the encoder'),
-    'decoder.norm': ('none', 'no normalisation layers are implemented in the decoder'),
-    'reward_head.norm': ('none', 'no normalisation layers are implemented in the MLPs'),
-    'discount_head.norm': ('none', 'no normalisation layers are implemented in the MLPs'),
-    'actor.norm': ('none', 'no normalisation layers are implemented in the MLPs'),
-    'critic.norm': ('none', 'no normalisation layers are implemented in the MLPs'),
     'reward_head.dist': ('mse', 'the reward head is a unit-variance Normal'),
     'discount_head.dist': ('binary', 'the discount head is a Bernoulli'),
     'critic.dist': ('mse', 'the critic is a unit-variance Normal'),
@@ -417,11 +411,19 @@ def _dense(n_in, n_out) -> _Node:
   return _Node([('kernel', (n_in, n_out), 'float32'), ('bias', (n_out,), 'float32')])
 
 
-def _mlp(n_in, layers, units, n_out, std: bool = False) -> _Node:
+def _layer_norm(size) -> _Node:
+  # The authors' NormLayer('layer') holds its LayerNormalization as `_layer`.
+  return _Node(children={('_layer',): _Node([('gamma', (size,), 'float32'),
+                                             ('beta', (size,), 'float32')])})
+
+
+def _mlp(n_in, layers, units, n_out, std: bool = False, norm: str = 'none') -> _Node:
   children = {}
   size = n_in
   for i in range(layers):
     children[('_modules', f'dense{i}')] = _dense(size, units)
+    if norm == 'layer':
+      children[('_modules', f'norm{i}')] = _layer_norm(units)
     size = units
   out = {('_modules', 'out'): _dense(size, n_out)}
   if std:
@@ -463,6 +465,8 @@ def authors_layout(config: Config, image_shape: Sequence[int], action_size: int 
     c_out = enc.cnn_depth * 2 ** i
     encoder.children[('_modules', f'conv{i}')] = _Node(
         [('kernel', (k, k, c_in, c_out), 'float32'), ('bias', (c_out,), 'float32')])
+    if enc.get('norm', 'none') == 'layer':
+      encoder.children[('_modules', f'convnorm{i}')] = _layer_norm(c_out)
     c_in = c_out
   decoder = _Node()
   decoder.children[('_modules', 'convin')] = _dense(feat, 32 * dec.cnn_depth)
@@ -473,12 +477,16 @@ def authors_layout(config: Config, image_shape: Sequence[int], action_size: int 
     c_out = image_shape[-1] if last else dec.cnn_depth * 2 ** (len(kernels) - i - 2)
     decoder.children[('_modules', f'conv{i}')] = _Node(
         [('kernel', (k, k, c_out, c_in), 'float32'), ('bias', (c_out,), 'float32')])
+    if dec.get('norm', 'none') == 'layer' and not last:
+      decoder.children[('_modules', f'convnorm{i}')] = _layer_norm(c_out)
     c_in = c_out
   heads = {('heads', 'decoder'): decoder,
-           ('heads', 'reward'): _mlp(feat, config.reward_head.layers, config.reward_head.units, 1)}
+           ('heads', 'reward'): _mlp(feat, config.reward_head.layers, config.reward_head.units, 1,
+                                     norm=config.reward_head.get('norm', 'none'))}
   if config.pred_discount:
     heads[('heads', 'discount')] = _mlp(
-        feat, config.discount_head.layers, config.discount_head.units, 1)
+        feat, config.discount_head.layers, config.discount_head.units, 1,
+        norm=config.discount_head.get('norm', 'none'))
   cell = _Node(children={
       ('_layer',): _dense(rssm.hidden + rssm.deter, 3 * rssm.deter),
       ('_norm',): _Node([('gamma', (3 * rssm.deter,), 'float32'),
@@ -491,12 +499,15 @@ def authors_layout(config: Config, image_shape: Sequence[int], action_size: int 
       ('_modules', 'obs_out'): _dense(rssm.deter + embed, rssm.hidden),
       ('_modules', 'obs_dist'): _dense(rssm.hidden, flat)})
   wm = _Node(children={('encoder',): encoder, **heads, ('rssm',): rssm_node})
-  critic = _mlp(feat, config.critic.layers, config.critic.units, 1)
+  critic_norm = config.critic.get('norm', 'none')
+  critic = _mlp(feat, config.critic.layers, config.critic.units, 1, norm=critic_norm)
   ac_children = {
-      ('actor',): _mlp(feat, config.actor.layers, config.actor.units, a, std=not discrete),
+      ('actor',): _mlp(feat, config.actor.layers, config.actor.units, a, std=not discrete,
+                       norm=config.actor.get('norm', 'none')),
       ('rewnorm',): _Node([('mag', (), 'float64')])}
   if config.slow_target:
-    ac_children[('_target_critic',)] = _mlp(feat, config.critic.layers, config.critic.units, 1)
+    ac_children[('_target_critic',)] = _mlp(feat, config.critic.layers, config.critic.units, 1,
+                                            norm=critic_norm)
     ac_children[('critic',)] = critic
   else:
     ac_children[('_target_critic',)] = critic  # the same object: visited once, first
@@ -573,11 +584,17 @@ def check_variables_json(layout: Sequence[AuthorsVariable], path: str | os.PathL
 
 # ------------------------------------------------------------------------- mapping to our agent
 
+def _norm_targets(prefix: str, norm) -> dict[str, list]:
+  return {f'{prefix}/_layer/gamma': [norm.gamma], f'{prefix}/_layer/beta': [norm.beta]}
+
+
 def _mlp_targets(prefix: str, mlp) -> dict[str, list]:
   out = {}
-  for i, layer in enumerate(mlp.hidden):
+  for i, (layer, norm) in enumerate(zip(mlp.hidden, mlp.norms)):
     out[f'{prefix}/_modules/dense{i}/kernel'] = [layer.kernel]
     out[f'{prefix}/_modules/dense{i}/bias'] = [layer.bias]
+    if norm is not None:
+      out.update(_norm_targets(f'{prefix}/_modules/norm{i}', norm))
   out[f'{prefix}/_modules/out/_modules/out/kernel'] = [mlp.out.kernel]
   out[f'{prefix}/_modules/out/_modules/out/bias'] = [mlp.out.bias]
   if mlp.std is not None:
@@ -589,13 +606,13 @@ def _mlp_targets(prefix: str, mlp) -> dict[str, list]:
 def variable_targets(agent, step) -> dict[str, list]:
   """{authors' path: [this project's variables that receive it]} ([] = dropped).
 
-  The authors' `rewnorm/mag` is dropped (reward normalisation with momentum 1, the only one
-  supported, never changes it). Without a slow target the authors' critic (visited as
-  `_target_critic`) fills both the critic and the (unused) target critic here.
+  The authors' `rewnorm/mag` fills the reward normaliser's magnitude. Without a slow target the
+  authors' critic (visited as `_target_critic`) fills both the critic and the (unused) target
+  critic here.
   """
   wm, ac = agent.wm, agent.ac
   targets = {'tfstep': [step], '_task_behavior/_updates': [ac.updates],
-             '_task_behavior/rewnorm/mag': []}
+             '_task_behavior/rewnorm/mag': [ac.reward_norm.mag]}
   actor = _mlp_targets('_task_behavior/actor', ac.actor)
   critic = _mlp_targets('_task_behavior/critic', ac.critic)
   target = _mlp_targets('_task_behavior/_target_critic', ac.target_critic)
@@ -604,15 +621,19 @@ def variable_targets(agent, step) -> dict[str, list]:
   targets.update(actor)
   targets.update(critic)
   targets.update(target)
-  for i, conv in enumerate(wm.encoder.convs):
+  for i, (conv, norm) in enumerate(zip(wm.encoder.convs, wm.encoder.norms)):
     targets[f'wm/encoder/_modules/conv{i}/kernel'] = [conv.kernel]
     targets[f'wm/encoder/_modules/conv{i}/bias'] = [conv.bias]
+    if norm is not None:
+      targets.update(_norm_targets(f'wm/encoder/_modules/convnorm{i}', norm))
   dec = wm.heads['decoder']
   targets['wm/heads/decoder/_modules/convin/kernel'] = [dec.convin.kernel]
   targets['wm/heads/decoder/_modules/convin/bias'] = [dec.convin.bias]
-  for i, conv in enumerate(dec.convs):
+  for i, (conv, norm) in enumerate(zip(dec.convs, dec.norms)):
     targets[f'wm/heads/decoder/_modules/conv{i}/kernel'] = [conv.kernel]
     targets[f'wm/heads/decoder/_modules/conv{i}/bias'] = [conv.bias]
+    if norm is not None:
+      targets.update(_norm_targets(f'wm/heads/decoder/_modules/convnorm{i}', norm))
   for name in ('reward', 'discount'):
     if name in wm.heads:
       targets.update(_mlp_targets(f'wm/heads/{name}', wm.heads[name]))
@@ -633,9 +654,8 @@ def assign(agent, step, layout: Sequence[AuthorsVariable], arrays: Sequence[np.n
   """Assigns the checked `arrays` to the agent's variables and the step counter.
 
   Returns:
-    [(path, value)] of the dropped entries (the reward normaliser's magnitude).
+    [(path, value)] of the dropped entries (none for the supported settings).
   Raises:
-    AuthorsImportError: a dropped `rewnorm/mag` that is not 1 (its normalisation would matter).
     RuntimeError: an internal mismatch between the layout and this project's variables (a bug).
   """
   targets = variable_targets(agent, step)
@@ -646,10 +666,6 @@ def assign(agent, step, layout: Sequence[AuthorsVariable], arrays: Sequence[np.n
   for entry, value in zip(layout, arrays):
     dests = targets[entry.path]
     if not dests:
-      if entry.path.endswith('rewnorm/mag') and float(value) != 1.0:
-        raise AuthorsImportError(
-            f'variable {entry.index} ({entry.path}) is {float(value)}, not 1: the run used '
-            'reward normalisation, which this project does not implement.')
       dropped.append((entry.path, value.tolist()))
       continue
     for var in dests:
@@ -684,13 +700,16 @@ class Imported:
 
 def load_authors(variables: str | os.PathLike, config: str | os.PathLike,
                  task: str | None = None, logdir: str | None = None,
-                 variables_json: str | os.PathLike | None = None) -> Imported:
+                 variables_json: str | os.PathLike | None = None,
+                 overrides: Mapping[str, Any] | None = None) -> Imported:
   """Reads an authors' checkpoint and config and builds this project's Agent holding its values.
 
   Args:
     variables: the authors' variables.pkl. config: their config.yaml.
     task: this project's task (default: the config's). logdir: stored in the config.
     variables_json: optional variables.json to cross-check the derived order against.
+    overrides: this project's config keys set after the translation (e.g.
+      {'deterministic_check': True} for the update parity check).
   Raises:
     AuthorsImportError: see `load_variables`, `translate_config`, `check_arrays`.
   """
@@ -699,6 +718,11 @@ def load_authors(variables: str | os.PathLike, config: str | os.PathLike,
 
   arrays = load_variables(variables)
   translation = translate_config(read_authors_config(config), task, logdir)
+  if overrides:
+    try:
+      translation.config = translation.config.update(dict(overrides))
+    except ConfigError as e:
+      raise AuthorsImportError(f'overrides: {e}') from None
   cfg = translation.config
   source = str(variables)
   layout = authors_layout(cfg, translation.image_shape, None, translation.discrete)
@@ -868,7 +892,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f'{"discrete" if translation.discrete else "continuous"} actions, images '
           f'{translation.image_shape}.')
     for path, value in imported.dropped:
-      print(f'Dropped {path} = {value} (reward normalisation with momentum 1 never uses it).')
+      print(f'Dropped {path} = {value} (no counterpart here).')
     print(format_unused(translation.unused))
     for note in translation.notes:
       print(f'Note: {note}')

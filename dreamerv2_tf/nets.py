@@ -23,7 +23,7 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
-from dreamerv2_tf import dists
+from dreamerv2_tf import distribute, dists
 
 State = dict  # {'deter': [B, D], 'stoch': [B, S, K], 'logit': [B, S, K]}
 
@@ -41,6 +41,32 @@ def _dense(units: int, in_dim: int, act: str | None = None, name: str | None = N
   return layer
 
 
+def _norm_layer(norm: str, shape, name: str):
+  """The authors' NormLayer: None for 'none', else a LayerNormalization over the last axis
+  (Keras defaults: ε 1e-3, gain and bias) built for `shape` (without the batch dim).
+
+  Raises:
+    ValueError: for a norm other than 'none' or 'layer'.
+  """
+  if norm in ('none', None, ''):
+    return None
+  if norm != 'layer':
+    raise ValueError(f"norm is {norm!r}; allowed: 'none', 'layer'.")
+  layer = keras.layers.LayerNormalization(epsilon=1e-3, name=name)
+  layer.build((None, *shape))
+  return layer
+
+
+def _normed(layer, norm_layer, act, x):
+  """layer(x), then (with a norm) norm → act; without one, the layer applies `act` itself."""
+  x = layer(x)
+  if norm_layer is not None:
+    x = norm_layer(x)
+    if act is not None:
+      x = act(x)
+  return x
+
+
 class Encoder(keras.layers.Layer):
   """Conv encoder: 4 convs, kernel 4, stride 2, 'valid', depths depth·(1, 2, 4, 8), ELU.
 
@@ -49,27 +75,34 @@ class Encoder(keras.layers.Layer):
   """
 
   def __init__(self, image_shape: Sequence[int], depth: int = 48,
-               kernels: Sequence[int] = (4, 4, 4, 4), act: str = 'elu', **kwargs):
+               kernels: Sequence[int] = (4, 4, 4, 4), act: str = 'elu', norm: str = 'none',
+               **kwargs):
     super().__init__(**kwargs)
     self.image_shape = tuple(image_shape)
-    self.convs = []
+    self.convs, self.norms = [], []
+    self.act = _activation(act)
     h, w, c = self.image_shape
     for i, kernel in enumerate(kernels):
       filters = depth * 2 ** i
+      h2, w2 = (h - kernel) // 2 + 1, (w - kernel) // 2 + 1
+      norm_layer = _norm_layer(norm, (h2, w2, filters), f'convnorm{i}')
       conv = keras.layers.Conv2D(filters, kernel, strides=2, padding='valid',
-                                 activation=_activation(act), name=f'conv{i}')
+                                 activation=None if norm_layer else self.act, name=f'conv{i}')
       conv.build((None, h, w, c))
-      h, w, c = (h - kernel) // 2 + 1, (w - kernel) // 2 + 1, filters
+      h, w, c = h2, w2, filters
       self.convs.append(conv)
+      self.norms.append(norm_layer)
       setattr(self, f'conv{i}', conv)  # tracked by tf.train.Checkpoint (see MLP)
+      if norm_layer is not None:
+        setattr(self, f'convnorm{i}', norm_layer)
     self.embed_size = h * w * c
 
   def call(self, image):
     batch_dims = tf.shape(image)[:-3]
     x = tf.reshape(image, tf.concat([[-1], self.image_shape], 0))
     x = tf.cast(x, self.compute_dtype)
-    for conv in self.convs:
-      x = conv(x)
+    for conv, norm_layer in zip(self.convs, self.norms):
+      x = _normed(conv, norm_layer, self.act, x)
     # The conv output's own size (MultiEncoder's embed_size adds its vector part).
     return tf.reshape(x, tf.concat([batch_dims, [math.prod(x.shape[1:])]], 0))
 
@@ -83,22 +116,31 @@ class Decoder(keras.layers.Layer):
   """
 
   def __init__(self, feat_size: int, image_shape: Sequence[int], depth: int = 48,
-               kernels: Sequence[int] = (5, 5, 6, 6), act: str = 'elu', **kwargs):
+               kernels: Sequence[int] = (5, 5, 6, 6), act: str = 'elu', norm: str = 'none',
+               **kwargs):
     super().__init__(**kwargs)
     self.image_shape = tuple(image_shape)
     self.convin = _dense(32 * depth, feat_size, name='convin')
-    self.convs = []
+    self.convs, self.norms = [], []
+    self.act = _activation(act)
     size, channels = 1, 32 * depth
     for i, kernel in enumerate(kernels):
       last = i == len(kernels) - 1
       filters = self.image_shape[-1] if last else depth * 2 ** (len(kernels) - i - 2)
+      out_size = (size - 1) * 2 + kernel
+      # As the authors': no norm (and no activation) after the last layer.
+      norm_layer = None if last else _norm_layer(norm, (out_size, out_size, filters),
+                                                 f'convnorm{i}')
       conv = keras.layers.Conv2DTranspose(
           filters, kernel, strides=2, padding='valid',
-          activation=None if last else _activation(act), name=f'conv{i}')
+          activation=None if last or norm_layer else self.act, name=f'conv{i}')
       conv.build((None, size, size, channels))
-      size, channels = (size - 1) * 2 + kernel, filters
+      size, channels = out_size, filters
       self.convs.append(conv)
+      self.norms.append(norm_layer)
       setattr(self, f'conv{i}', conv)  # tracked by tf.train.Checkpoint (see MLP)
+      if norm_layer is not None:
+        setattr(self, f'convnorm{i}', norm_layer)
     if (size, size, channels) != self.image_shape:
       raise ValueError(f'Decoder kernels {tuple(kernels)} give {size}x{size}x{channels} images, '
                        f'not {self.image_shape}.')
@@ -114,10 +156,9 @@ class Decoder(keras.layers.Layer):
     x = tf.reshape(x, [-1, x.shape[-1]])  # [N, 32·depth] for any number of batch dims
     x = tf.einsum('nc,ijoc->nijo', x, tf.cast(first.kernel, x.dtype))
     x = x + tf.cast(first.bias, x.dtype)
-    if first.activation is not None:
-      x = first.activation(x)
-    for conv in self.convs[1:]:
-      x = conv(x)
+    x = _normed(first.activation, self.norms[0], self.act, x)
+    for conv, norm_layer in zip(self.convs[1:], self.norms[1:]):
+      x = _normed(conv, norm_layer, self.act, x)
     return tf.reshape(x, tf.concat([batch_dims, self.image_shape], 0))
 
 
@@ -126,16 +167,22 @@ class MLP(keras.layers.Layer):
 
   Input [..., in_size]; returns the output [..., out_size] (compute dtype). With
   `std_out`, a second Dense(out_size) on the same last hidden layer is built and `call`
-  returns (out, std_out) — the continuous actor's mean and std.
+  returns (out, std_out) — the continuous actor's mean and std. `norm: 'layer'` puts a
+  LayerNormalization `norm{i}` between each hidden Dense and its activation (the authors').
   """
 
   def __init__(self, in_size: int, out_size: int, layers: int = 4, units: int = 400,
-               act: str = 'elu', std_out: bool = False, **kwargs):
+               act: str = 'elu', std_out: bool = False, norm: str = 'none', **kwargs):
     super().__init__(**kwargs)
-    self.hidden = []
+    self.hidden, self.norms = [], []
+    self.act = _activation(act)
     size = in_size
     for i in range(layers):
-      self.hidden.append(_dense(units, size, act, name=f'dense{i}'))
+      norm_layer = _norm_layer(norm, (units,), f'norm{i}')
+      self.norms.append(norm_layer)
+      if norm_layer is not None:
+        setattr(self, f'norm{i}', norm_layer)
+      self.hidden.append(_dense(units, size, None if norm_layer else act, name=f'dense{i}'))
       # Keras 3 keeps list attributes in a TrackedList that tf.train.Checkpoint does not see;
       # the attribute makes the checkpoint save this layer (e.g. the target critic, which no
       # optimiser lists).
@@ -146,8 +193,8 @@ class MLP(keras.layers.Layer):
 
   def call(self, x):
     x = tf.cast(x, self.compute_dtype)
-    for layer in self.hidden:
-      x = layer(x)
+    for layer, norm_layer in zip(self.hidden, self.norms):
+      x = _normed(layer, norm_layer, self.act, x)
     if self.std is not None:
       return self.out(x), self.std(x)
     return self.out(x)
@@ -329,6 +376,10 @@ class RSSM(keras.layers.Layer):
     with mix = 1 − balance (`forward=False`); the KL sums over the S categoricals. With
     `free_avg=False` the free-nats max is taken per step, before the mean.
 
+    `balance: 0.5` (the paper's "no KL balancing" ablation) takes the authors' separate branch:
+    loss = mean(max(KL(post‖prior), free)) without stop-gradients and with the free nats per
+    step whatever `free_avg` says; its gradient is twice that of the balanced formula at 0.5.
+
     Returns:
       (loss scalar float32, value [B, T] = KL(post ‖ prior) per step).
     """
@@ -336,11 +387,14 @@ class RSSM(keras.layers.Layer):
     lhs, rhs = (prior, post) if forward else (post, prior)
     mix = balance if forward else 1.0 - balance
     kld = lambda a, b: self.get_dist(a).kl_divergence(self.get_dist(b))
+    if balance == 0.5:
+      value = kld(lhs, rhs)
+      return tf.reduce_mean(tf.maximum(value, free)), value
     value_lhs = value = kld(lhs, sg(rhs))
     value_rhs = kld(sg(lhs), rhs)
     if free_avg:
-      loss_lhs = tf.maximum(tf.reduce_mean(value_lhs), free)
-      loss_rhs = tf.maximum(tf.reduce_mean(value_rhs), free)
+      loss_lhs = distribute.max_of_mean(tf.reduce_mean(value_lhs), free)  # global mean under
+      loss_rhs = distribute.max_of_mean(tf.reduce_mean(value_rhs), free)  # tf.distribute
     else:
       loss_lhs = tf.reduce_mean(tf.maximum(value_lhs, free))
       loss_rhs = tf.reduce_mean(tf.maximum(value_rhs, free))
@@ -428,7 +482,7 @@ class MultiEncoder(Encoder):
           f'key and encoder.mlp_keys {mlp_keys!r} no rank-1 key of {shapes}.')
     if self.cnn_keys:
       super().__init__(_image_stack_shape(shapes, self.cnn_keys), depth=cnn_depth,
-                       kernels=cnn_kernels, act=act, **kwargs)
+                       kernels=cnn_kernels, act=act, norm=norm, **kwargs)
     else:
       keras.layers.Layer.__init__(self, **kwargs)  # pylint: disable=non-parent-init-called
       self.image_shape, self.convs, self.embed_size = None, [], 0
@@ -488,7 +542,7 @@ class MultiDecoder(Decoder):
     self.shapes = shapes
     if self.cnn_keys:
       super().__init__(feat_size, _image_stack_shape(shapes, self.cnn_keys), depth=cnn_depth,
-                       kernels=cnn_kernels, act=act, **kwargs)
+                       kernels=cnn_kernels, act=act, norm=norm, **kwargs)
     else:
       keras.layers.Layer.__init__(self, **kwargs)  # pylint: disable=non-parent-init-called
       self.image_shape = None

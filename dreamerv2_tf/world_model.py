@@ -108,11 +108,13 @@ class WorldModel(tf.Module):
     self.heads = {
         'decoder': nets.MultiDecoder(feat, self.shapes, name='decoder', **_net_args(decoder)),
         'reward': nets.MLP(feat, 1, reward_head['layers'], reward_head['units'],
-                           reward_head['act'], name='reward'),
+                           reward_head['act'], norm=reward_head.get('norm', 'none'),
+                           name='reward'),
     }
     if pred_discount:
       self.heads['discount'] = nets.MLP(feat, 1, discount_head['layers'], discount_head['units'],
-                                        discount_head['act'], name='discount')
+                                        discount_head['act'],
+                                        norm=discount_head.get('norm', 'none'), name='discount')
     unknown = set(grad_heads) - set(self.heads)
     if unknown:
       raise ValueError(f'grad_heads names {sorted(unknown)}; heads are {sorted(self.heads)}.')
@@ -122,7 +124,11 @@ class WorldModel(tf.Module):
     self.clip_rewards = clip_rewards
     self.discount = float(discount)
     self.modules_ = [self.encoder, self.rssm, *self.heads.values()]
-    self.opt = Optimizer('model', self.trainable_vars, mixed=mixed, **dict(model_opt))
+    groups = {'encoder': self.encoder.trainable_variables,
+              'rssm': self.rssm.trainable_variables,
+              **{k: v.trainable_variables for k, v in self.heads.items()}}
+    self.opt = Optimizer('model', self.trainable_vars, mixed=mixed, groups=groups,
+                         **dict(model_opt))
 
   @property
   def trainable_vars(self) -> list[tf.Variable]:

@@ -281,7 +281,7 @@ def test_import_writes_a_checkpoint_that_restores_to_the_same_outputs(tmp_path, 
   assert (logdir / 'config.yaml').exists()
   record = json.loads((logdir / 'authors_import.json').read_text())
   assert record['variables_count'] == 65 and record['parameters'] == 92758
-  assert record['dropped_variables'] == [{'path': '_task_behavior/rewnorm/mag', 'value': 1.0}]
+  assert record['dropped_variables'] == []  # rewnorm/mag now fills the reward normaliser
   prefix = tf.train.latest_checkpoint(str(logdir / 'checkpoints'))
   assert prefix and prefix.endswith('ckpt-0') and record['checkpoint'] == prefix
   # The checkpoint holds the training loop's objects.

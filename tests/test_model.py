@@ -421,3 +421,89 @@ def test_reused_baseline_equals_recomputed_one():
   recomputed, _ = ac.actor_loss(seq, target, 0)
   np.testing.assert_allclose(float(reused), float(recomputed), rtol=1e-6)
   np.testing.assert_allclose(ac.target(seq)[0].numpy(), target.numpy())
+
+
+def test_kl_balance_half_is_the_plain_kl_with_free_nats_per_step():
+  """kl.balance 0.5 follows the authors' own branch: mean(max(KL, free)), no stop-gradient."""
+  rssm = _rssm()
+  rng = np.random.default_rng(1)
+  post_logit = tf.constant(rng.normal(size=(2, 3, 4, 5)), tf.float32)
+  prior_logit = tf.constant(rng.normal(size=(2, 3, 4, 5)), tf.float32)
+  free = 1.6  # between the smallest and largest per-step KL: some steps are clamped
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch([post_logit, prior_logit])
+    value = rssm.get_dist({'logit': post_logit}).kl_divergence(
+        rssm.get_dist({'logit': prior_logit}))
+    expected = tf.reduce_mean(tf.maximum(value, free))
+    loss, kl_value = rssm.kl_loss({'logit': post_logit}, {'logit': prior_logit}, balance=0.5,
+                                  free=free, free_avg=True)
+  assert float(tf.reduce_min(value)) < free < float(tf.reduce_max(value))
+  np.testing.assert_allclose(float(loss), float(expected), rtol=1e-6)
+  np.testing.assert_allclose(kl_value.numpy(), value.numpy(), rtol=1e-6)
+  for var in (post_logit, prior_logit):
+    np.testing.assert_allclose(tape.gradient(loss, var).numpy(),
+                               tape.gradient(expected, var).numpy(), rtol=1e-5, atol=1e-8)
+  assert np.any(tape.gradient(loss, post_logit).numpy())
+
+
+def test_policy_refuses_to_act_on_non_finite_values():
+  agent, _ = make_agent('atari', 'debug')
+  obs = {'image': random_batch(2, 1)['image'][:, 0], 'is_first': np.array([True, True])}
+  agent.policy(obs)  # finite: acts
+  kernel = agent.ac.actor.out.kernel
+  kernel.assign(tf.tensor_scatter_nd_update(kernel, [[0, 0]], [np.nan]))
+  for mode in ('train', 'eval'):
+    with pytest.raises(FloatingPointError, match='not finite'):
+      agent.policy(obs, mode=mode)
+
+
+def test_skipped_mixed_precision_step_changes_no_weight():
+  """An overflowing step under the loss scaler: no Adam step, no weight decay, counted."""
+  from dreamerv2_tf.optim import Optimizer
+  var = tf.Variable([3.0, 4.0])
+  opt = Optimizer('test', [var], lr=0.1, eps=1e-5, clip=100.0, wd=0.5, mixed=True)
+  metrics = opt.apply([tf.constant([np.inf, 1.0])])
+  np.testing.assert_array_equal(var.numpy(), [3.0, 4.0])
+  assert float(metrics['test_skipped_steps']) == 1.0 and int(opt.iterations) == 0
+  assert float(metrics['test_loss_scale']) == 2.0 ** 15
+  metrics = opt.apply([tf.constant([2.0 ** 15, 2.0 ** 15])])  # finite: decays and steps
+  assert float(metrics['test_skipped_steps']) == 1.0 and int(opt.iterations) == 1
+  assert float(opt.loss_scale()) == 2.0 ** 14
+  np.testing.assert_allclose(var.numpy(), [1.5 - 0.1, 2.0 - 0.1], rtol=1e-5)
+
+
+def test_agent_variables_are_complete_and_unique():
+  agent, _ = make_agent('atari', 'debug')
+  counts = agent.param_counts()
+  trainable = agent.trainable_variables
+  assert len({id(v) for v in trainable}) == len(trainable)
+  assert sum(int(np.prod(v.shape)) for v in trainable) == (
+      counts['world_model'] + counts['actor'] + counts['critic'])
+  layers = [agent.wm.encoder, agent.wm.rssm, *agent.wm.heads.values(), agent.ac.actor,
+            agent.ac.critic, agent.ac.target_critic]
+  weights = [w for layer in layers for w in layer.weights]
+  everything = agent.variables
+  ids = [id(v) for v in everything]
+  assert len(set(ids)) == len(ids)
+  assert {id(w) for w in weights} <= set(ids)
+  assert {id(v) for v in trainable} <= set(ids)
+  for extra in (agent.step, agent.updates, agent.ac.reward_norm.mag, agent.wm.opt.iterations):
+    assert id(extra) in set(ids)
+  # 62 layer weights here, target critic included (tf.Module alone saw 2 of them).
+  assert len(weights) == 62 and len(everything) > len(weights)
+
+
+def test_action_noise_as_the_authors():
+  import types
+  discrete = types.SimpleNamespace(discrete=True, action_size=4)
+  action = tf.one_hot(tf.zeros([4000], tf.int32), 4)
+  assert Agent._action_noise(discrete, action, 0.0) is action
+  noisy = Agent._action_noise(discrete, action, 0.4).numpy()
+  # probs = amount / A + (1 - amount) * action: 0.7 for the chosen class, 0.1 for the others.
+  assert set(np.unique(noisy)) == {0.0, 1.0} and np.all(noisy.sum(-1) == 1)
+  np.testing.assert_allclose(noisy.mean(0), [0.7, 0.1, 0.1, 0.1], atol=0.03)
+  continuous = types.SimpleNamespace(discrete=False, action_size=2)
+  action = tf.fill([4000, 2], 0.9)
+  noisy = Agent._action_noise(continuous, action, 0.3).numpy()
+  assert noisy.max() == 1.0 and noisy.min() >= -1.0  # clipped Normal(action, amount)
+  np.testing.assert_allclose(np.median(noisy, 0), [0.9, 0.9], atol=0.03)

@@ -1,0 +1,103 @@
+"""Re-makes this project's update fixtures (tests/fixtures/update_*) with the authors' code.
+
+    VENV=$(../shared/peer/install.sh)      # the authors' release, PyPI dreamerv2 2.2.0
+    .venv/bin/python scripts/make_fixtures.py --authors_python $VENV/bin/python [--only NAME]
+
+Each fixture is made by ../shared/parity_fixtures/make_fixture.py (the shared generator, run in
+the authors' environment; it imports their package and records what their own `Agent.train`
+computes) with the options below, written to a temporary folder, then copied into
+tests/fixtures/NAME without the files listed in `drop` (to keep the repository small: e.g. the
+continuous fixture's forward outputs, already covered by tests/fixtures/continuous_seed1) and with
+a provenance note prepended to its README.md. Nothing of the authors' code is copied: only the
+numbers their code produced.
+
+Exit status 1 (and the generator's output) when a generator run fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+GENERATOR = REPO.parent / 'shared' / 'parity_fixtures' / 'make_fixture.py'
+
+FIXTURES = {
+    'update_continuous_seed1': dict(
+        args=['--kind', 'continuous', '--seed', '1', '--actions', '3', '--updates', '3'],
+        sizes={'rssm.deter': 16, 'rssm.hidden': 12, 'rssm.stoch': 3, 'rssm.discrete': 5,
+               'encoder.cnn_depth': 2, 'decoder.cnn_depth': 2, 'actor.layers': 2,
+               'actor.units': 12, 'critic.layers': 2, 'critic.units': 10,
+               'reward_head.layers': 2, 'reward_head.units': 14},
+        drop=['outputs.npz'],
+        what='DMC-vision config, truncated-normal actor, dynamics gradients, free nats 1'),
+    'update_klbalance05_seed2': dict(
+        args=['--kind', 'discrete', '--seed', '2', '--updates', '2'],
+        sizes={'kl.balance': 0.5, 'kl.free': 0.02, 'encoder.cnn_depth': 2,
+               'decoder.cnn_depth': 2},
+        drop=[],
+        what='Atari config with kl.balance 0.5 (the paper\'s no-balancing ablation), free 0.02'),
+    'update_layernorm_rewnorm_seed3': dict(
+        args=['--kind', 'discrete', '--seed', '3', '--updates', '2'],
+        sizes={'encoder.norm': 'layer', 'decoder.norm': 'layer', 'reward_head.norm': 'layer',
+               'discount_head.norm': 'layer', 'actor.norm': 'layer', 'critic.norm': 'layer',
+               'reward_norm.momentum': 0.9, 'reward_norm.scale': 2.0, 'encoder.cnn_depth': 2,
+               'decoder.cnn_depth': 2},
+        drop=[],
+        what='Atari config with norm: layer everywhere and reward_norm momentum 0.9, scale 2'),
+}
+
+NOTE = """<!-- Provenance (added by this project, scripts/make_fixtures.py): made by
+../shared/parity_fixtures/make_fixture.py with the authors' DreamerV2 release (PyPI dreamerv2
+2.2.0, MIT License) as `{command}`; {what}. Files left out: {drop}. No code of theirs is
+included, only numbers their code produced. Checked by tests/test_update_parity.py and
+`python -m dreamerv2_tf.parity authors tests/fixtures/{name}`. -->
+
+"""
+
+
+def make(name: str, spec: dict, python: str) -> None:
+  """Runs the generator for one fixture and installs it under tests/fixtures/NAME."""
+  with tempfile.TemporaryDirectory() as tmp:
+    out = pathlib.Path(tmp) / name
+    command = [python, str(GENERATOR), *spec['args'], '--sizes', json.dumps(spec['sizes']),
+               '--out', str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode:
+      sys.stdout.write(done.stdout[-4000:] + done.stderr[-4000:])
+      raise SystemExit(f'make_fixtures: error: the generator failed for {name}.')
+    dest = REPO / 'tests' / 'fixtures' / name
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    for path in sorted(out.iterdir()):
+      if path.name in spec['drop']:
+        continue
+      if path.name == 'README.md':
+        shown = ' '.join(['make_fixture.py', *spec['args'], '--sizes',
+                          f"'{json.dumps(spec['sizes'])}'"])
+        note = NOTE.format(command=shown, what=spec['what'], name=name,
+                           drop=', '.join(spec['drop']) or 'none')
+        (dest / 'README.md').write_text(note + path.read_text())
+      else:
+        shutil.copyfile(path, dest / path.name)
+    print(f'{dest}: {sum(p.stat().st_size for p in dest.iterdir()) / 1e6:.2f} MB')
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--authors_python', required=True,
+                      help='python of the authors\' environment (../shared/peer/install.sh)')
+  parser.add_argument('--only', choices=sorted(FIXTURES), default=None)
+  args = parser.parse_args()
+  for name, spec in FIXTURES.items():
+    if args.only in (None, name):
+      make(name, spec, args.authors_python)
+
+
+if __name__ == '__main__':
+  main()
