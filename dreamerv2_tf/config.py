@@ -5,7 +5,7 @@ A config is a nested, read-only mapping with attribute access (`config.rssm.dete
 applies each named overlay in order, then each override. Nested dicts in an overlay merge
 into the defaults key by key; a dotted key (`model_opt.lr: 2e-4`) sets one leaf.
 
-Every value keeps the type of its default (SPEC.md §6: every step-like key is in agent
+Every value keeps the type of its default (docs/reference.md §6: every step-like key is in agent
 steps). Schedulable keys (`actor_ent`, `actor_grad_mix`) are strings by default and are
 parsed by `schedule.py`.
 

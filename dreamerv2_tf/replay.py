@@ -1,7 +1,7 @@
-"""Episode files, the in-memory episode store and tf.data sequence sampling (SPEC.md §1, §6).
+"""Episode files, the in-memory episode store and tf.data sequence sampling (docs/reference.md §1, §6).
 
 Episodes. An episode is a dict of numpy arrays stacked along time, `{key: [L, ...]}`, one row per
-transition of SPEC.md §1 (row 0 is the reset transition). Its length L is the number of
+transition of docs/reference.md §1 (row 0 is the reset transition). Its length L is the number of
 transitions; it holds L - 1 AGENT STEPS (the reset row is not a step; the authors' `eplen`).
 Dtypes are normalised on save: floats -> float32, signed ints -> int32, uint8 and bool kept.
 
@@ -36,7 +36,7 @@ to `bytes_per_step * capacity` (plus one reset row per episode), never reserved 
 `check_memory` refuses, in one line with the numbers, a capacity whose full size exceeds the
 machine's memory.
 
-Sampling (`Replay.dataset`), exactly SPEC.md §6, per sequence:
+Sampling (`Replay.dataset`), exactly docs/reference.md §6, per sequence:
   episode  ~ uniform over stored episodes with L >= T (whatever their length),
   upper    = L - T + 1, or L + 1 with prioritize_ends,
   start    = min(randint(upper), L - T),
@@ -95,13 +95,13 @@ class RateLimitedWarning:
     self._last, self._suppressed = now, 0
     return True
 
-# Keys every stored episode must have (SPEC.md §1); observation keys (`image`, vectors) and `log_*`
+# Keys every stored episode must have (docs/reference.md §1); observation keys (`image`, vectors) and `log_*`
 # keys are whatever the environment gives.
 REQUIRED_KEYS = ('reward', 'is_first', 'is_last', 'is_terminal', 'action')
 
 
 def convert(value: Any) -> np.ndarray:
-  """SPEC.md §1 storage dtype: floats -> float32, signed ints -> int32, others kept."""
+  """docs/reference.md §1 storage dtype: floats -> float32, signed ints -> int32, others kept."""
   value = np.asarray(value)
   if np.issubdtype(value.dtype, np.floating):
     return value.astype(np.float32, copy=False)
@@ -116,7 +116,7 @@ def episode_length(episode: Mapping[str, np.ndarray]) -> int:
 
 
 def check_episode(episode: Mapping[str, Any]) -> dict[str, np.ndarray]:
-  """Returns the episode with SPEC.md §1 dtypes after checking that it is well formed.
+  """Returns the episode with docs/reference.md §1 dtypes after checking that it is well formed.
 
   Raises:
     ValueError: naming the problem: a missing required key, an object array, arrays of
@@ -178,7 +178,7 @@ def save_episode(directory: str | os.PathLike, episode: Mapping[str, Any]) -> pa
 
   Args:
     directory: created if missing.
-    episode: {key: [L, ...]} arrays (converted to SPEC.md §1 dtypes); L transitions, the length
+    episode: {key: [L, ...]} arrays (converted to docs/reference.md §1 dtypes); L transitions, the length
       in the file name.
 
   Returns:
@@ -376,7 +376,7 @@ def chunk_starts(rows: int | None) -> np.ndarray:
 
 
 class Replay:
-  """Stores complete episodes on disk and in memory; samples training sequences (SPEC.md §6).
+  """Stores complete episodes on disk and in memory; samples training sequences (docs/reference.md §6).
 
   Memory layout: a ring of `rows` slots, one per transition, holding episodes contiguously in
   insertion order (a small table variable [num_episodes, 2] holds each one's (first slot,
@@ -665,7 +665,7 @@ class Replay:
     """Appends one transition of env `worker`; completes the episode on `is_last`.
 
     A transition with is_first True starts a new episode (an unfinished one of the same
-    worker is dropped with a rate-limited warning; SPEC.md §8: never glued onto the next).
+    worker is dropped with a rate-limited warning; docs/reference.md §8: never glued onto the next).
 
     Returns:
       The completed episode {key: [L, ...]} on is_last (saved and stored if L - 1 >= minlen),
@@ -720,7 +720,7 @@ class Replay:
     return out
 
   def _sample_graph(self, seed, batch: int, length: int, prioritize_ends: bool):
-    """In-graph sampling of one batch (SPEC.md §6); `seed` is a stateless seed [2] int64."""
+    """In-graph sampling of one batch (docs/reference.md §6); `seed` is a stateless seed [2] int64."""
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     table = self._table.read_value()
     table = tf.boolean_mask(table, table[:, 1] >= length)  # episodes long enough: [E, 2]

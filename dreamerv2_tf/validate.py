@@ -1,4 +1,4 @@
-"""Checks a full config's values before anything runs (SPEC.md §2–§6).
+"""Checks a full config's values before anything runs (docs/reference.md §2–§6).
 
 Called by train.py, evaluate, export and import_authors.
 
@@ -46,6 +46,7 @@ NON_NEGATIVE_INTS = {
     'log_every': '0 never logs training metrics',
     'eval_every': '0 never evaluates during training',
     'dataset.prefetch': '0 disables prefetching',
+    'cpu_devices': '0 or 1 keep the CPU whole, N >= 2 splits it into N logical devices',
     'reward_head.layers': 'hidden layers', 'discount_head.layers': 'hidden layers',
     'actor.layers': 'hidden layers', 'critic.layers': 'hidden layers',
 }
@@ -55,6 +56,7 @@ CHOICES = {
     'actor_grad': ('auto', 'reinforce', 'dynamics', 'both'),
     'clip_rewards': ('tanh', 'identity'),
     'gym_image': ('obs', 'render'),
+    'strategy': ('default', 'mirrored', 'multi_worker'),
     **{f'{net}.norm': ('none', 'layer') for net in (
         'encoder', 'decoder', 'reward_head', 'discount_head', 'actor', 'critic')},
 }
@@ -201,7 +203,7 @@ IMAGE_SUITES = ('atari', 'dmc', 'crafter')
 
 def conv_sizes(size: int, kernels) -> list[int]:
   """Spatial sizes through the encoder's stride-2 'valid' convs: [size, (size - k) // 2 + 1, ...];
-  a size below 1 means the layer cannot be built (SPEC.md §3)."""
+  a size below 1 means the layer cannot be built (docs/reference.md §3)."""
   sizes = [int(size)]
   for kernel in kernels:
     sizes.append((sizes[-1] - int(kernel)) // 2 + 1)

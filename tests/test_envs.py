@@ -1,4 +1,4 @@
-"""Environments against the real ALE and dm_control (issue 3; SPEC.md §1, §2)."""
+"""Environments against the real ALE and dm_control (issue 3; docs/reference.md §1, §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of dreamerv2_tf.parity against the published score files (SPEC.md §7, issue 6).
+"""Tests of dreamerv2_tf.parity against the published score files (docs/reference.md §7, issue 6).
 
 The score files are the package's own gzip copies (dreamerv2_tf/data/published_scores/), checked
 against the SHA-256 sums its README records. When the environment variable DREAMERV2_SHARED names

@@ -1,4 +1,4 @@
-"""Episode files and sequence replay (issues 3, 11, 12, 13; SPEC.md §1, §6)."""
+"""Episode files and sequence replay (issues 3, 11, 12, 13; docs/reference.md §1, §6)."""
 
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ def test_prioritize_ends_samples_episode_ends_more_often(tmp_path):
     share[prioritize] = batch['is_last'].any(axis=1).mean()
     starts = batch['reward'][:, 0].astype(int)
     assert starts.min() >= 0 and starts.max() == length - window
-  # Exact probabilities of the last window (SPEC.md §6): 1/91 without, 11/101 with.
+  # Exact probabilities of the last window (docs/reference.md §6): 1/91 without, 11/101 with.
   assert share[False] == pytest.approx(1 / 91, abs=5 * np.sqrt(1 / 91 / n))
   assert share[True] == pytest.approx(11 / 101, abs=5 * np.sqrt(11 / 101 / n))
   assert share[True] > 4 * share[False]
