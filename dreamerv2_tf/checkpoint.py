@@ -16,7 +16,8 @@ therefore does not repeat the exact random stream of an uninterrupted one.
 
 `tf.train.CheckpointManager` writes `<dir>/ckpt-<agent step>.{index,data-*}` and the `checkpoint`
 state file (atomically) and keeps the latest `max_to_keep` checkpoints, deleting older ones;
-the loop says so at start-up. A process killed while saving leaves the state file pointing at the
+the loop says so at start-up. A failed write (full disk, read-only logdir) raises
+`CheckpointWriteError` naming the path and removes the partial files. A process killed while saving leaves the state file pointing at the
 previous complete checkpoint. Variables created after `restore()` (Keras layers build lazily,
 optimiser slots appear on the first update) are restored when they are created (TF's deferred
 restoration).
@@ -29,10 +30,13 @@ import json
 import os
 import pathlib
 import random
+import shutil
 from typing import Any, Callable, Mapping
 
 import numpy as np
 import tensorflow as tf
+
+from dreamerv2_tf.faults import CheckpointWriteError
 
 MAX_TO_KEEP = 3
 
@@ -126,12 +130,44 @@ class Checkpointer:
     `key` (e.g. (step, updates)): when equal to the previous save's key nothing is written and
     the previous path is returned, so saving twice at the same point never overwrites a
     complete checkpoint in place.
+
+    Raises:
+      CheckpointWriteError: the write failed (full disk, read-only folder): the message names
+        the checkpoint and the OS error; the partial files are removed and the earlier
+        checkpoints (and the state file naming them) are untouched.
     """
     if key is not None and key == self._last_saved_key and self.latest:
       return self.latest
-    path = self.manager.save(checkpoint_number=int(self.step.numpy()))
+    number = int(self.step.numpy())
+    try:
+      path = self.manager.save(checkpoint_number=number)
+    except (OSError, tf.errors.OpError) as e:
+      prefix = self.directory / f'ckpt-{number}'
+      self._remove_partial(prefix)
+      reason = getattr(e, 'strerror', None) or getattr(e, 'message', None) or str(e)
+      where = getattr(e, 'filename', None) or prefix
+      raise CheckpointWriteError(
+          f'Cannot write checkpoint {prefix} ({type(e).__name__}: '
+          f'{" ".join(str(reason).split())[:200]}; at {where}); removed its partial files, '
+          f'{self.latest or "no earlier checkpoint"} stays the latest. Free disk space or make '
+          f'{self.directory} writable, then run again to resume.') from e
     self._last_saved_key = key
     return path
+
+  def _remove_partial(self, prefix: pathlib.Path) -> None:
+    """Deletes the files of an unfinished save at `prefix` (its data, index and TF's
+    `<prefix>_temp` folder) unless the state file on disk lists that checkpoint as complete."""
+    state = tf.train.get_checkpoint_state(str(self.directory))
+    listed = {pathlib.Path(p).name for p in (state.all_model_checkpoint_paths if state else [])}
+    if prefix.name in listed:
+      return
+    for file in prefix.parent.glob(prefix.name + '*'):
+      rest = file.name[len(prefix.name):]
+      if rest == '.index' or rest.startswith('.data-') or rest.startswith('_temp'):
+        if file.is_dir():
+          shutil.rmtree(file, ignore_errors=True)
+        else:
+          file.unlink(missing_ok=True)
 
   def restore_readable(self, warn: Callable[[str], None] = print):
     """Restores the newest checkpoint whose files read back completely (`unreadable`).

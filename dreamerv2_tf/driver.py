@@ -8,6 +8,9 @@ Counting: an AGENT STEP is a transition with `is_first` False (the reset transit
 steps, as in the authors' driver), so an episode of L agent steps has L + 1 transitions. The
 driver never converts to frames.
 
+Environment failures: with a `rebuild` factory the driver replaces an env that raises, drops
+its unfinished episodes and stops after `max_failures` failures in a row (issue 12).
+
 The policy state carries across calls and across episodes (SPEC.md §8: it is reset only by
 `is_first`, which the agent's `policy` handles); `reset()` starts over from `env.reset()`.
 """
@@ -17,6 +20,8 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 import numpy as np
+
+from dreamerv2_tf.faults import EnvFailureError
 
 # policy(obs {key: [N, ...]}, state or None) -> (action float32 [N, A], new state)
 Policy = Callable[[Mapping[str, np.ndarray], Any], tuple[np.ndarray, Any]]
@@ -79,13 +84,29 @@ class Driver:
       arrays.
     on_episode: callables `fn(stats, worker)` when a worker's transition has `is_last`; `stats`
       is `{'return': float, 'length': int agent steps, 'log_*': sums}`.
+    rebuild: a zero-argument factory of a new VecEnv like `env`, or None. With it, an
+      exception raised by `env.reset()` or `env.step()` (a crashed emulator, renderer or worker
+      process) does not end the call: the broken env is closed, a new one is built, and its
+      reset transitions (`is_first`) start new episodes, so the unfinished ones are dropped
+      (the replay never stores them). Exceptions of the policy are never caught.
+    max_failures: with `rebuild`, the number of env failures in a row (no episode finished in
+      between, rebuild failures included) after which `EnvFailureError` is raised.
+    on_failure: callables `fn(error, failures_in_row)` after each caught env failure.
+    name: names the env in messages ('train', 'eval').
   """
 
-  def __init__(self, env: Any, on_step=(), on_episode=()):
+  def __init__(self, env: Any, on_step=(), on_episode=(), rebuild: Callable[[], Any] | None = None,
+               max_failures: int = 5, on_failure=(), name: str = 'environment'):
     self.env = env
     self.num = int(env.num)
     self.on_step = list(on_step)
     self.on_episode = list(on_episode)
+    self.rebuild = rebuild
+    self.max_failures = int(max_failures)
+    self.on_failure = list(on_failure)
+    self.name = name
+    self.failures = 0          # env failures caught so far
+    self.failures_in_row = 0   # since the last finished episode
     self.reset()
 
   def reset(self) -> None:
@@ -103,6 +124,10 @@ class Driver:
 
     With N workers one environment step yields N transitions, so `steps` may be exceeded by up
     to N − 1.
+
+    Raises:
+      EnvFailureError: `max_failures` env failures in a row (with `rebuild`); its cause is the
+        last env exception. Without `rebuild` the env's exception itself propagates.
     """
     if steps <= 0 and episodes <= 0 and stop is None:
       raise ValueError(f'Driver needs steps > 0, episodes > 0 or a stop callable; got steps='
@@ -111,12 +136,9 @@ class Driver:
     while (steps <= 0 or step < steps) and (episodes <= 0 or episode < episodes):
       if stop is not None and stop():
         break
-      if self._obs is None:
-        self._state = None
-        obs = self.env.reset()
-      else:
-        action, self._state = policy(self._policy_obs(self._obs), self._state)
-        obs = self.env.step(np.asarray(action, np.float32))
+      obs = self._advance(policy)
+      if obs is None:  # the env failed and was rebuilt: start over with env.reset()
+        continue
       for worker in range(self.num):
         transition = {k: v[worker] for k, v in obs.items()}
         if transition['is_first']:
@@ -128,11 +150,52 @@ class Driver:
           fn(transition, worker)
         if transition['is_last']:
           episode += 1
+          self.failures_in_row = 0
           summary = self._stats[worker].summary()
           for fn in self.on_episode:
             fn(summary, worker)
       self._obs = obs
     return step, episode
+
+  def _advance(self, policy: Policy):
+    """One env.reset() or policy + env.step(); None when the env failed and was rebuilt."""
+    action = None
+    if self._obs is not None:
+      action, self._state = policy(self._policy_obs(self._obs), self._state)
+      action = np.asarray(action, np.float32)
+    try:
+      if action is None:
+        self._state = None
+        return self.env.reset()
+      return self.env.step(action)
+    except Exception as error:  # pylint: disable=broad-except (any env fault; see rebuild)
+      if self.rebuild is None:
+        raise
+      self._recover(error)
+      return None
+
+  def _recover(self, error: Exception) -> None:
+    """Counts the failure, raises after `max_failures` in a row, else rebuilds the env."""
+    while True:
+      self.failures += 1
+      self.failures_in_row += 1
+      for fn in self.on_failure:
+        fn(error, self.failures_in_row)
+      if self.failures_in_row >= self.max_failures:
+        raise EnvFailureError(
+            f'The {self.name} environment failed {self.failures_in_row} times in a row '
+            f'(env_max_failures {self.max_failures}); last error: {type(error).__name__}: '
+            f'{" ".join(str(error).split())[:300]}') from error
+      try:
+        self.env.close()
+      except Exception:  # pylint: disable=broad-except (it is broken already)
+        pass
+      try:
+        self.env = self.rebuild()
+        break
+      except Exception as rebuild_error:  # pylint: disable=broad-except
+        error = rebuild_error
+    self.reset()
 
   @staticmethod
   def _policy_obs(obs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -1,7 +1,8 @@
 """Seeds: one run seed (config `seed`) determines numpy, TensorFlow, replay and environments.
 
 - `set_global_seeds(seed)` seeds Python's `random`, numpy's global generator and TensorFlow's
-  global seed (through `keras.utils.set_random_seed`). Call it once at start-up.
+  global seed (through `keras.utils.set_random_seed`) and TF's global Generator; `device.setup`
+  calls it once per run.
 - `env_seed(seed, mode, index)`: environment `index` (0..envs-1) of `mode` ('train' or 'eval')
   gets the first 32-bit word of numpy's `SeedSequence([seed, mode id, index])` (train 0,
   eval 1), so train and eval environments, and the environments of one vector env, all differ.
@@ -36,8 +37,13 @@ def env_seed(seed: int, mode: str, index: int) -> int:
 
 
 def set_global_seeds(seed: int) -> None:
-  """Seeds Python `random`, numpy's global generator and TensorFlow's global seed."""
+  """Seeds Python `random`, numpy's global generator, TensorFlow's global seed (through
+  `keras.utils.set_random_seed`) and TensorFlow's global `tf.random.Generator` (which the
+  training checkpoint saves). Called once per run by `device.setup`."""
   random.seed(int(seed))
   np.random.seed(int(seed) % 2**32)
-  import keras  # pylint: disable=g-import-not-at-top (keeps this module TF-free on import)
+  # pylint: disable=g-import-not-at-top (keeps this module TF-free on import)
+  import keras
+  import tensorflow as tf
   keras.utils.set_random_seed(int(seed) % 2**32)
+  tf.random.set_global_generator(tf.random.Generator.from_seed(int(seed)))

@@ -501,6 +501,24 @@ def test_debug_run_end_to_end(debug_run):
   width, height, gif = images['train_openl_image'][0][1]
   assert gif.startswith(b'GIF89a') and int(height) == 3 * 64
   assert 'eval_openl_image' in images
+  # Policy videos (issue 17): a training episode's frames once per eval_every (from the first
+  # training episode), and the first episode of each evaluation, as the authors logged them.
+  import tensorflow as tf
+  every = Every(DEBUG['eval_every'])
+  ends = range(prefill_end + limit, steps + 1, limit)
+  assert [s for s, _ in images['train_policy_image']] == [e * REPEAT for e in ends if every(e)]
+  assert [s for s, _ in images['eval_policy_image']] == [r['step'] for r in eval_eps]
+  first_train = [e for e in ends if Every(DEBUG['eval_every'])(e)][0]
+  sources = {'train_policy_image': train_files[first_train // limit - 1],  # in time order
+             'eval_policy_image': eval_files[1]}  # eval_files[0]: prefill's random episode
+  for tag, source in sources.items():
+    width, height, gif = images[tag][0][1]
+    assert (int(width), int(height)) == (64, 64)
+    frames = tf.io.decode_gif(gif).numpy()
+    # GIF merges identical consecutive frames (Pong's first ones): at most the episode's
+    # limit + 1 transitions, starting with its reset frame.
+    assert limit // 2 < len(frames) <= limit + 1
+    np.testing.assert_array_equal(frames[0, ..., 0], load_episode(source)['image'][0, ..., 0])
 
   # Checkpoint: step, update counter and every optimiser's iterations.
   path, values = latest_checkpoint(logdir)
