@@ -96,11 +96,22 @@ def episode_scalars(mode: str, stats: Mapping[str, float]) -> dict[str, float]:
 
 
 def agent_policy(agent: Any, mode: str):
-  """Adapts `agent.policy` to the driver: numpy in, numpy float32 actions [N, A] out."""
+  """Adapts `agent.policy` to the driver: numpy in, numpy float32 actions [N, A] out.
+
+  Raises:
+    faults.NonFiniteError: the agent refused to act on a non-finite latent or actor output
+      (its FloatingPointError), e.g. from NaN weights.
+  """
   def policy(obs, state):
     if state is None:
       state = agent.initial_state(len(obs['is_first']))
-    outputs, state = agent.policy(obs, state, mode)
+    try:
+      outputs, state = agent.policy(obs, state, mode)
+    except FloatingPointError as e:
+      updates = int(agent.updates.numpy())
+      raise faults.NonFiniteError(
+          f'The {mode} policy refused to act after update {updates:,}: '
+          f'{" ".join(str(e).split())}', updates, {}) from e
     return np.asarray(outputs['action'], np.float32), state
   return policy
 
@@ -251,7 +262,9 @@ class Runner:
     replay = self.config.replay
     self.train_replay = Replay(self.logdir / 'train_episodes', int(replay.capacity),
                                int(replay.minlen), self.config.seed)
-    self.eval_replay = Replay(self.logdir / 'eval_episodes', int(replay.capacity),
+    # The eval replay only feeds the eval open-loop video: a tenth of the capacity, as the
+    # authors' train.py gives it.
+    self.eval_replay = Replay(self.logdir / 'eval_episodes', max(int(replay.capacity) // 10, 1),
                               int(replay.minlen), self.config.seed + 1)
     print(f'Replay on disk: {self.train_replay.num_episodes} train episodes '
           f'({stored_agent_steps(self.train_replay):,} agent steps), '

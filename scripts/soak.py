@@ -65,6 +65,7 @@ def main(argv=None) -> int:
   command = [sys.executable, str(REPO / 'train.py'), '--configs', *args.configs, '--logdir',
              str(logdir), '--steps=1e9', *args.extra]
   print('Command:', ' '.join(command), flush=True)
+  logdir.parent.mkdir(parents=True, exist_ok=True)
   log = open(logdir.parent / f'{logdir.name}.log', 'w')
   proc = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))

@@ -268,6 +268,29 @@ def test_eval_eps_is_episodes_per_evaluation_whatever_envs(monkeypatch):
   assert runner.Runner(load_config(['atari', 'debug'], {'envs': 2}), '/x').eval_eps == 1
 
 
+def test_policy_refusing_non_finite_values_stops_the_run_in_one_line():
+  from dreamerv2_tf.runner import agent_policy
+
+  class Counter:
+    def numpy(self):
+      return np.int64(12)
+
+  class NaNAgent:
+    updates = Counter()
+
+    def initial_state(self, batch):
+      return None
+
+    def policy(self, obs, state, mode):
+      raise FloatingPointError('the actor output holds NaN\n(check the weights)')
+
+  with pytest.raises(faults.NonFiniteError) as error:
+    agent_policy(NaNAgent(), 'eval')({'is_first': np.ones(1, bool)}, None)
+  assert str(error.value) == ('The eval policy refused to act after update 12: the actor output '
+                              'holds NaN (check the weights)')
+  assert isinstance(error.value, faults.RunError) and error.value.update == 12
+
+
 # ----------------------------------------------------------------------------- end to end
 
 class CrashOnce:
