@@ -219,25 +219,25 @@ def test_dmc_proprio_parameter_counts_equal_the_authors():
   assert agent.wm.encoder.cnn_keys == []
 
 
-SHORT = {'steps': 160, 'prefill': 100, 'train_every': 30, 'eval_every': 160, 'log_every': 80,
-         'time_limit': 40, 'replay.minlen': 5, 'dataset.length': 5}
+SHORT = {'steps': 200, 'prefill': 100, 'train_every': 20, 'eval_every': 200, 'log_every': 40,
+         'time_limit': 40, 'replay.minlen': 5}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('obs, action', [('image', 'discrete'), ('vector', 'box'),
-                                         ('dict', 'box')])
+@pytest.mark.parametrize('obs, action', [('vector', 'discrete'), ('dict', 'box')])
 def test_train_on_an_env_end_to_end_and_resume(tmp_path, obs, action):
+  """Image-only envs run end to end in the example and Crafter tests below."""
   cfg = config(**SHORT)
   result = dreamerv2_tf.train(lambda: ToyEnv(obs, action, length=30), cfg, tmp_path / 'run',
                               name='toy')
-  assert result.steps == 160 and result.signal is None and result.updates >= 2
+  assert result.steps == 200 and result.signal is None and result.updates >= 2
   text = (tmp_path / 'run' / 'config.yaml').read_text()
   assert 'task: custom_toy' in text
   lines = [json.loads(line) for line in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
   assert any('model_loss' in line for line in lines)
-  again = dreamerv2_tf.train(lambda: ToyEnv(obs, action, length=30), cfg.update({'steps': 200}),
+  again = dreamerv2_tf.train(lambda: ToyEnv(obs, action, length=30), cfg.update({'steps': 240}),
                              tmp_path / 'run', name='toy')
-  assert again.steps == 200 and again.updates > result.updates
+  assert again.steps == 240 and again.updates > result.updates
 
 
 def _metrics(logdir: pathlib.Path) -> list[dict]:
@@ -249,7 +249,7 @@ def test_dmc_proprio_walker_runs_a_debug_cycle(tmp_path):
   """dmc_proprio on dmc_walker_walk: the MLP encoder and decoder on orientations and velocity
   (walker's scalar height is not encoded), prefill, updates, evaluation, a checkpoint."""
   cfg = dreamerv2_tf.load_config(('dmc_proprio', 'debug'), {
-      'steps': 250, 'prefill': 150, 'eval_every': 250, 'log_every': 100, 'time_limit': 100})
+      'steps': 250, 'prefill': 150, 'eval_every': 250, 'log_every': 50, 'time_limit': 100})
   result = dreamerv2_tf.train('dmc_walker_walk', cfg, tmp_path / 'run')
   assert result.steps == 250 and result.frames == 500 and result.signal is None
   assert result.checkpoint is not None
@@ -261,7 +261,7 @@ def test_dmc_proprio_walker_runs_a_debug_cycle(tmp_path):
 @pytest.mark.slow
 def test_crafter_runs_a_debug_cycle_and_logs_achievements(tmp_path):
   cfg = dreamerv2_tf.load_config(('crafter', 'debug'), {
-      'steps': 250, 'prefill': 150, 'eval_every': 250, 'log_every': 100, 'time_limit': 60})
+      'steps': 250, 'prefill': 150, 'eval_every': 250, 'log_every': 50, 'time_limit': 60})
   result = dreamerv2_tf.train('crafter_reward', cfg, tmp_path / 'run')
   assert result.steps == 250 and result.signal is None
   lines = _metrics(tmp_path / 'run')
