@@ -21,6 +21,7 @@ from dreamerv2_tf.parity import authors
 
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures'
 DISCRETE = FIXTURES / 'update_discrete_seed0'
+CONTINUOUS = FIXTURES / 'update_continuous_seed1'
 
 
 @pytest.fixture(scope='module')
@@ -39,6 +40,18 @@ def test_discrete_updates_match_the_authors(discrete_updates):
   strict = [r for r in result['rows'] if not r[4]]
   assert max(r[1] for r in strict) <= authors.TOLERANCE
   assert result['max_rel_error'] < 1e-4
+
+
+def test_continuous_updates_match_the_authors():
+  """DMC-vision config: truncated-normal actor, dynamics gradients through the world model."""
+  result = authors.check_updates(CONTINUOUS)
+  print(authors.format_updates(result, CONTINUOUS))
+  assert not result['missing'] and result['updates'] == 3
+  assert result['passed'], result['failed']
+  strict = [r for r in result['rows'] if not r[4]]
+  assert max(r[1] for r in strict) <= authors.TOLERANCE
+  # The actor learns through the dynamics (actor_grad: dynamics), so its gradient is not zero.
+  assert result['arrays']['u1.grad_norm.actor'] > 0
 
 
 def test_target_critic_copies_in_updates_one_and_three(discrete_updates):
