@@ -136,8 +136,8 @@ class Driver:
     while (steps <= 0 or step < steps) and (episodes <= 0 or episode < episodes):
       if stop is not None and stop():
         break
-      obs = self._advance(policy)
-      if obs is None:  # the env failed and was rebuilt: start over with env.reset()
+      obs = self._advance(policy, stop)
+      if obs is None:  # the env failed (and was rebuilt): start over with env.reset()
         continue
       for worker in range(self.num):
         transition = {k: v[worker] for k, v in obs.items()}
@@ -157,8 +157,10 @@ class Driver:
       self._obs = obs
     return step, episode
 
-  def _advance(self, policy: Policy):
-    """One env.reset() or policy + env.step(); None when the env failed and was rebuilt."""
+  def _advance(self, policy: Policy, stop: Callable[[], bool] | None = None):
+    """One env.reset() or policy + env.step(); None when the env failed and was rebuilt (or,
+    when a stop is requested, only dropped: Ctrl-C reaches env worker processes too, and a
+    stopping run needs no new env)."""
     action = None
     if self._obs is not None:
       action, self._state = policy(self._policy_obs(self._obs), self._state)
@@ -171,6 +173,9 @@ class Driver:
     except Exception as error:  # pylint: disable=broad-except (any env fault; see rebuild)
       if self.rebuild is None:
         raise
+      if stop is not None and stop():
+        self.reset()
+        return None
       self._recover(error)
       return None
 

@@ -151,6 +151,21 @@ def test_env_that_always_raises_stops_after_max_failures():
     Driver(FailingVecEnv({'steps': 0}, 'always'))(policy, episodes=1)
 
 
+def test_env_failing_while_stopping_is_not_rebuilt():
+  # Ctrl-C reaches env worker processes too: a worker dying then is not a failure to repair.
+  stopping = {'now': False}
+
+  class DiesOnStop(CountingVecEnv):
+    def step(self, actions):
+      stopping['now'] = True
+      raise EOFError('worker process died')
+
+  driver = Driver(DiesOnStop(), rebuild=lambda: pytest.fail('rebuilt'), max_failures=1)
+  policy = RandomPolicy(Space(True, 4), np.random.default_rng(0))
+  assert driver(policy, episodes=1, stop=lambda: stopping['now']) == (0, 0)
+  assert driver.failures == 0
+
+
 def test_policy_errors_are_not_env_failures():
   def bad_policy(obs, state):
     raise faults.NonFiniteError('policy saw NaN', 1, {})
