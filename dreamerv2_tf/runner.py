@@ -661,7 +661,9 @@ class Runner:
     self.eval_driver.reset()
     self.eval_scores = []
     self.eval_video_due = True
+    self.activity = f'evaluation ({self.eval_eps} episode(s))'
     self.eval_driver(self.eval_policy, episodes=self.eval_eps, stop=lambda: bool(self.stop))
+    self.activity = 'train'
     if not self.eval_scores:
       return
     mean = float(np.mean(self.eval_scores))
@@ -678,9 +680,12 @@ class Runner:
 
   def on_eval_step(self, transition: Mapping[str, Any], worker: int) -> None:
     episode = self.eval_replay.add_step(transition, worker)
-    if episode is not None and self.phase == 'train' and self.eval_video_due:
+    if self.phase != 'train':
+      return
+    if episode is not None and self.eval_video_due:
       self.eval_video_due = False
       self._policy_video('eval', episode)
+    self.beat()
 
   def on_eval_episode(self, stats: Mapping[str, float], worker: int) -> None:
     del worker
