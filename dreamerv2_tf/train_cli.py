@@ -331,16 +331,22 @@ def main(overrides: dict[str, str]) -> int:
   if FLAGS['verbosity'].present == 0:
     absl_logging.set_verbosity(absl_logging.WARNING)  # app.run lowers it to INFO: too chatty
   config = prepare(overrides)
-  from dreamerv2_tf import loop  # pylint: disable=import-outside-toplevel
+  from dreamerv2_tf import faults, loop  # pylint: disable=import-outside-toplevel
   try:
     result = loop.run(config, config.logdir)
   except (ConfigError, MemoryError) as e:
     fail(e)
   except OSError as e:  # a write that failed: full disk, permissions changed during the run
     fail(e)
+  except faults.RunError as e:  # non-finite values, failing envs, a failed checkpoint write
+    fail(e, 1)
   except KeyboardInterrupt:
     fail('aborted by a second Ctrl-C; no checkpoint written for the last steps.', 130)
-  return 128 + result.signal if result.signal else 0
+  # Everything is written and closed: exit now rather than wait (up to a minute) for
+  # TensorFlow's teardown of datasets and graphs at interpreter exit.
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(128 + result.signal if result.signal else 0)  # pylint: disable=protected-access
 
 
 def run() -> None:
