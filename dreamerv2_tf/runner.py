@@ -88,6 +88,16 @@ def format_param_table(counts: Mapping[str, int]) -> str:
   return '\n'.join(lines)
 
 
+def prefill_warning(steps: int, prefill: int) -> str | None:
+  """The start-up warning for `steps` < `prefill` (agent steps; prefill counts towards steps),
+  or None."""
+  if steps >= prefill:
+    return None
+  return (f'Warning: steps ({steps:,}) is smaller than prefill ({prefill:,}); prefill counts '
+          f'towards steps, so this run stops after {steps:,} random agent steps and at most a '
+          'few updates.')
+
+
 def episode_scalars(mode: str, stats: Mapping[str, float]) -> dict[str, float]:
   """{'train_return': R, 'train_length': L agent steps, 'train_log_*': sums} for one episode."""
   out = {f'{mode}_return': stats['return'], f'{mode}_length': stats['length']}
@@ -247,10 +257,9 @@ class Runner:
     print(f'Task: {self.config.task}, action repeat {self.repeat}; device: {device}; '
           f'precision: {precision}'
           f'{"" if self.config.jit else "; tf.function disabled (jit: false)"}')
-    if self.total_steps < self.prefill_steps:
-      print(f'Warning: steps ({self.total_steps:,}) is smaller than prefill '
-            f'({self.prefill_steps:,}); prefill counts towards steps, so this run stops after '
-            f'{self.total_steps:,} random agent steps and at most a few updates.', flush=True)
+    warning = prefill_warning(self.total_steps, self.prefill_steps)
+    if warning:
+      print(warning, flush=True)
     self._open_replays()
     self._open_envs()
     self._open_agent()

@@ -283,6 +283,14 @@ def test_eval_eps_is_episodes_per_evaluation_whatever_envs(monkeypatch):
   assert runner.Runner(load_config(['atari', 'debug'], {'envs': 2}), '/x').eval_eps == 1
 
 
+def test_steps_smaller_than_prefill_is_warned():
+  from dreamerv2_tf.runner import prefill_warning
+  assert prefill_warning(50_000, 50_000) is None and prefill_warning(10**6, 50_000) is None
+  assert prefill_warning(10, 50_000) == (
+      'Warning: steps (10) is smaller than prefill (50,000); prefill counts towards steps, so '
+      'this run stops after 10 random agent steps and at most a few updates.')
+
+
 def test_policy_refusing_non_finite_values_stops_the_run_in_one_line():
   from dreamerv2_tf.runner import agent_policy
 
