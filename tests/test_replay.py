@@ -320,3 +320,51 @@ def test_a_capacity_that_cannot_fit_is_refused_with_the_numbers():
   assert '12565.4 GB at full size' in message and f'{total / 1e9:.1f} GB of memory' in message
   assert re.search(r'Use --replay.capacity=\d+ or less', message)
   assert replay_lib.check_memory(12_319, 1000, minlen=50) is None
+
+
+def _tree_rss(pid: int) -> int:
+  """Resident bytes of a process and its descendants (Linux /proc)."""
+  total, todo = 0, [pid]
+  while todo:
+    current = todo.pop()
+    try:
+      with open(f'/proc/{current}/statm') as f:
+        total += int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+      with open(f'/proc/{current}/task/{current}/children') as f:
+        todo += [int(c) for c in f.read().split()]
+    except (OSError, ValueError):
+      continue
+  return total
+
+
+DMC_DEBUG_RSS_BOUND = 3.0e9  # bytes, trainer and DMC worker processes together
+
+
+@pytest.mark.slow
+def test_dmc_debug_run_resident_memory_stays_bounded(tmp_path):
+  """A DMC debug run (prefill, an evaluation episode, the first updates) stays under
+  DMC_DEBUG_RSS_BOUND of resident memory, sampled every 0.5 s; its replay (capacity 100,000 agent
+  steps, 1.4 GB at full size) holds only what it was given. About 1-2 minutes on 2 idle cores
+  (DMC renders at 3-7 agent steps/s when the cores are shared)."""
+  import subprocess
+  import sys
+  import time
+  from conftest import REPO, tool_env
+  if not os.path.exists(f'/proc/{os.getpid()}/task/{os.getpid()}/children'):
+    pytest.skip('needs Linux /proc/<pid>/task/<pid>/children to follow the worker processes')
+  command = [sys.executable, 'train.py', '--configs', 'dmc_vision', 'debug', '--task',
+             'dmc_walker_walk', '--logdir', str(tmp_path / 'run'), '--steps=300', '--prefill=200',
+             '--eval_every=0']
+  process = subprocess.Popen(command, cwd=REPO, env=tool_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+  peak, deadline = 0, time.monotonic() + 1500
+  while process.poll() is None and time.monotonic() < deadline:
+    peak = max(peak, _tree_rss(process.pid))
+    time.sleep(0.5)
+  if process.poll() is None:
+    process.kill()
+  output = process.communicate()[0]
+  assert process.returncode == 0, output[-3000:]
+  assert len(list((tmp_path / 'run' / 'train_episodes').glob('*.npz'))) >= 1
+  assert peak < DMC_DEBUG_RSS_BOUND, f'peak resident memory {peak / 1e9:.2f} GB'
+  print(f'DMC debug run: peak resident memory {peak / 1e9:.2f} GB')
