@@ -69,7 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--columns', type=int, default=4, help='held-out sequences shown')
   parser.add_argument('--scale', type=int, default=2, help='enlarge GIF frames (default 2)')
   parser.add_argument('--max_kib', type=float, default=1000,
-                      help='shrink --scale until the GIF fits (default 1000 KiB)')
+                      help='shrink the GIF (scale, then sequences, then frames) until it fits '
+                      '(default 1000 KiB)')
   parser.add_argument('--save_every_min', type=float, default=10.0,
                       help='minutes between world-model checkpoints (default 10)')
   parser.add_argument('--print_every', type=int, default=10, help='updates between prints')
@@ -266,22 +267,33 @@ def main(argv=None) -> int:
     video = agent.wm.video_pred(held_out, context=5, num=args.columns).numpy()
   finally:
     runner.close()
-  write_outputs(video, records, pathlib.Path(args.out), args.scale, args.max_kib)
+  write_outputs(video, records, pathlib.Path(args.out), args.scale, args.max_kib, args.columns)
   print(summary(records), flush=True)
   return 0
 
 
-def write_outputs(video, records, out: pathlib.Path, scale: int, max_kib: float) -> None:
-  """The GIF (its scale lowered until it fits `max_kib`) and the CSV beside it."""
+def write_outputs(video, records, out: pathlib.Path, scale: int, max_kib: float,
+                  columns: int) -> None:
+  """The GIF and the CSV beside it. A GIF over `max_kib` is rewritten smaller (an untrained
+  model's noisy rows compress badly): first a smaller scale, then fewer sequences, then fewer
+  frames (the observed ones always kept)."""
   out.parent.mkdir(parents=True, exist_ok=True)
+  width = video.shape[2] // columns
+  frames = video.shape[0]
   size = write_gif(video, out, scale)
-  while size > max_kib * 1024 and scale > 1:  # noisy error rows compress badly
-    scale -= 1
-    size = write_gif(video, out, scale)
+  while size > max_kib * 1024 and (scale > 1 or columns > 1 or frames > 10):
+    if scale > 1:
+      scale -= 1
+    elif columns > 1:
+      columns -= 1
+    else:
+      frames = max(10, frames * 3 // 4)
+    size = write_gif(video[:frames, :, :columns * width], out, scale)
   write_csv(records, out.with_suffix('.csv'))
-  print(f'Open-loop video: {out} ({video.shape[0]} frames of {video.shape[1] * scale}x'
-        f'{video.shape[2] * scale}, {size / 1024:.0f} KiB; rows truth | model | error, '
-        f'5 observed frames then imagined); losses: {out.with_suffix(".csv")}.', flush=True)
+  print(f'Open-loop video: {out} ({frames} frames of {video.shape[1] * scale}x'
+        f'{columns * width * scale}, {columns} sequences, {size / 1024:.0f} KiB; rows truth | '
+        f'model | error, 5 observed frames then imagined); losses: {out.with_suffix(".csv")}.',
+        flush=True)
 
 
 if __name__ == '__main__':
