@@ -406,9 +406,11 @@ def test_debug_model_fits_a_fixed_batch(pong_batch):
   assert np.isfinite(after) and after < 0.5 * before, (before, after)
 
 
-def test_reused_baseline_equals_recomputed_one():
-  """The train step reuses the target critic's values as the reinforce baseline."""
-  agent, _ = make_agent('atari', 'debug')
+@pytest.mark.parametrize('slow_baseline', [True, False])
+def test_reused_baseline_equals_recomputed_one(slow_baseline):
+  """The reinforce baseline is the target critic's values, whatever slow_baseline says (as in
+  the authors' ActorCritic.actor_loss, which always calls _target_critic)."""
+  agent, _ = make_agent('atari', 'debug', slow_baseline=slow_baseline)
   ac = agent.ac
   rng = np.random.default_rng(8)
   start = {'deter': tf.constant(rng.normal(size=(2, 3, 32)), tf.float32),
@@ -420,6 +422,7 @@ def test_reused_baseline_equals_recomputed_one():
   reused, _ = ac.actor_loss(seq, target, 0, value)
   recomputed, _ = ac.actor_loss(seq, target, 0)
   np.testing.assert_allclose(float(reused), float(recomputed), rtol=1e-6)
+  np.testing.assert_allclose(value.numpy(), ac.value(seq['feat'], target=True).numpy())
   np.testing.assert_allclose(ac.target(seq)[0].numpy(), target.numpy())
 
 
@@ -429,7 +432,8 @@ def test_kl_balance_half_is_the_plain_kl_with_free_nats_per_step():
   rng = np.random.default_rng(1)
   post_logit = tf.constant(rng.normal(size=(2, 3, 4, 5)), tf.float32)
   prior_logit = tf.constant(rng.normal(size=(2, 3, 4, 5)), tf.float32)
-  free = 1.6  # between the smallest and largest per-step KL: some steps are clamped
+  kl = rssm.get_dist({'logit': post_logit}).kl_divergence(rssm.get_dist({'logit': prior_logit}))
+  free = float(np.median(kl.numpy()))  # half of the steps are clamped
   with tf.GradientTape(persistent=True) as tape:
     tape.watch([post_logit, prior_logit])
     value = rssm.get_dist({'logit': post_logit}).kl_divergence(
@@ -469,7 +473,7 @@ def test_skipped_mixed_precision_step_changes_no_weight():
   metrics = opt.apply([tf.constant([2.0 ** 15, 2.0 ** 15])])  # finite: decays and steps
   assert float(metrics['test_skipped_steps']) == 1.0 and int(opt.iterations) == 1
   assert float(opt.loss_scale()) == 2.0 ** 14
-  np.testing.assert_allclose(var.numpy(), [1.5 - 0.1, 2.0 - 0.1], rtol=1e-5)
+  np.testing.assert_allclose(var.numpy(), [1.5 - 0.1, 2.0 - 0.1], atol=1e-4)  # Adam: ≈ lr
 
 
 def test_agent_variables_are_complete_and_unique():
