@@ -206,7 +206,7 @@ def build_config(configs: list[str], overrides: dict[str, str], task: str | None
   if saved.is_file():
     return _resume(saved, configs, overrides, notes)
   if names and not configs:
-    notes.append(f"--task {config.task}: using the '{names[0]}' overlay of configs.yaml (give "
+    notes.append(f"Task {config.task}: using the '{names[0]}' overlay of configs.yaml (give "
                  '--configs to choose others).')
   return config.update({'logdir': str(path)})
 

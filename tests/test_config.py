@@ -251,7 +251,7 @@ def test_the_task_suite_picks_its_overlay_unless_configs_are_given(task, overlay
   config = train.build_config([], {}, task, str(tmp_path / 'run'), notes)
   assert config == load_config([overlay], {'task': task, 'logdir': str(tmp_path / 'run')})
   assert config.action_repeat == action_repeat
-  assert notes == [f"--task {task}: using the '{overlay}' overlay of configs.yaml (give "
+  assert notes == [f"Task {task}: using the '{overlay}' overlay of configs.yaml (give "
                    '--configs to choose others).']
   notes = []
   explicit = train.build_config(['debug'], {}, task, str(tmp_path / 'run'), notes)
