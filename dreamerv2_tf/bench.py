@@ -19,7 +19,8 @@ the configuration given by `--configs` (default `atari`: Pong, batch 16 × 50, 6
 - `replay_batches_per_s`: batches of B × T per second from `Replay.dataset` on real Pong
   episodes; `replay_bytes_per_step`: bytes per stored step.
 - `train_frames_per_s`: end to end, frames (agent steps × action repeat) per wall second of
-  acting with the agent's policy and one update every `train_every` (16) agent steps.
+  acting in `--envs` environments with the agent's policy and one update every `train_every`
+  (16) agent steps (first repeat only).
 - `peak_rss_mb`: the peak resident memory of the process that trained.
 - `matmul_gflops`: this CPU's float32 matmul rate (4096³) and `floor_fraction`: the share of
   that peak one update reaches, counting 760.8 GFLOP per Atari update (issue 16's count from
@@ -29,9 +30,15 @@ Each repeat runs in a fresh process, so `first_update_s` is measured cold every 
 are medians over the repeats (each repeat's own value is the median of its updates). With
 `--peer PYTHON` (the authors' venv, e.g. /tmp/dreamerv2-authors-venv/bin/python) each repeat
 also runs the authors' release 2.2.0 through `peer_bench.py` (../shared/peer/, or `--peer-script`)
-right after this port's, so both see the same machine load. `--profile DIR` writes a
-TensorFlow profiler trace of two updates and ten policy steps under DIR (open it with
-`tensorboard --logdir DIR`, Profile tab).
+right after this port's, so both see the same machine load (`--parallel`: both at once, for a
+machine so loaded that running them in turn takes too long; compare CPU-seconds then). Peer
+runs use the authors' graph mode (`jit: True`), float32 and no op determinism. `--profile DIR`
+writes a TensorFlow profiler trace of two updates and ten policy steps under DIR (open it with
+`tensorboard --logdir DIR`, Profile tab; needs the tensorboard-plugin-profile package).
+
+`--track-precision N` instead trains one agent in float32 and one in `bf16` from the same seed
+on the same N real Pong batches and prints their losses side by side (means over 50 updates).
+`--set KEY=VALUE` overrides a config key (e.g. `--set dataset.batch=8`).
 
 Raises SystemExit with one line when a child process fails or the peer script is missing.
 """
@@ -481,6 +488,8 @@ def parse(argv=None) -> argparse.Namespace:
   add('--task', default='atari_pong')
   add('--peer', default='', help="python of the authors' venv: run their release too")
   add('--peer-script', default=str(PEER_SCRIPT), help='the shared peer_bench.py')
+  add('--parallel', action='store_true',
+      help='run the port and the authors at the same time instead of in turn')
   add('--json', action='store_true', help='print one JSON object instead of a table')
   add('--profile', default='', help='write a TensorFlow profiler trace to this folder')
   add('--repeats', type=int, default=3, help='fresh processes per implementation')
@@ -524,18 +533,32 @@ def child_command(args, first: bool) -> list[str]:
   return cmd + (['--profile', args.profile] if first and args.profile else [])
 
 
+def _peer_row(raw: dict) -> dict:
+  try:
+    return {**peer_result(raw), 'peak_rss_mb': raw['peak_rss_mb']}
+  except (KeyError, IndexError, TypeError) as error:  # another peer_bench.py version
+    return {'error': f'unexpected peer output ({error!r})', 'raw': raw}
+
+
 def run_repeats(args) -> tuple[list[dict], list[dict]]:
-  """Port and (with --peer) authors' results per repeat, interleaved port, authors, port, ..."""
+  """Port and (with --peer) authors' results per repeat: port, authors, port, ... in turn, or
+  with `--parallel` both at once (the same load by construction; CPU-seconds stay comparable,
+  wall seconds are then those of two jobs sharing the machine)."""
+  from concurrent import futures  # pylint: disable=g-import-not-at-top
   port, peer = [], []
   for i in range(args.repeats):
-    port.append(run_child(child_command(args, i == 0), MARK, args.timeout))
+    jobs = [(child_command(args, i == 0), MARK)]
+    if args.peer:
+      jobs.append((peer_command(args.peer, args.peer_script, args), PEER_MARK))
+    if args.parallel:
+      with futures.ThreadPoolExecutor(len(jobs)) as pool:
+        results = list(pool.map(lambda job: run_child(*job, args.timeout), jobs))
+    else:
+      results = [run_child(*job, args.timeout) for job in jobs]
+    port.append(results[0])
     print(f'bench: port, repeat {i + 1}: {json.dumps(port[-1])}', file=sys.stderr, flush=True)
     if args.peer:
-      raw = run_child(peer_command(args.peer, args.peer_script, args), PEER_MARK, args.timeout)
-      try:
-        peer.append({**peer_result(raw), 'peak_rss_mb': raw['peak_rss_mb']})
-      except (KeyError, IndexError, TypeError) as error:  # another peer_bench.py version
-        peer.append({'error': f'unexpected peer output ({error!r})', 'raw': raw})
+      peer.append(_peer_row(results[1]))
       print(f'bench: authors, repeat {i + 1}: {json.dumps(peer[-1])}', file=sys.stderr,
             flush=True)
   return port, peer
