@@ -20,12 +20,17 @@ import functools
 import pathlib
 import sys
 
-import gymnasium as gym
+# Run as a script, this file's folder comes first on sys.path, where this file would hide the
+# `minigrid` package it uses; drop that folder.
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if pathlib.Path(p or '.').resolve() != HERE]
+
+import gymnasium as gym  # pylint: disable=wrong-import-position
 
 try:
   import dreamerv2_tf
 except ImportError:  # run from a checkout without `pip install .`
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+  sys.path.insert(0, str(HERE.parent))
   import dreamerv2_tf
 
 # Small networks and a short loop: learns MiniGrid-Empty-5x5 within tens of thousands of agent
