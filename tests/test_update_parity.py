@@ -105,3 +105,29 @@ def test_tolerance_exceptions_are_only_the_documented_ones():
   assert authors.update_tolerance('u3.adam.model.m.033')[0] == authors.TOLERANCE
   assert authors.update_tolerance('u1.var.058', 'wm/rssm/_modules/img_in/bias')[0] == 3e-5
   assert authors.update_tolerance('u1.var.057', 'wm/rssm/_modules/img_in/kernel')[0] == 1e-5
+
+
+KL_HALF = FIXTURES / 'update_klbalance05_seed2'
+LAYER_NORM = FIXTURES / 'update_layernorm_seed3'
+REWARD_NORM = FIXTURES / 'update_rewnorm_seed4'
+SETTINGS = [f for f in (KL_HALF, LAYER_NORM, REWARD_NORM) if f.exists()]
+
+
+@pytest.mark.parametrize('folder', SETTINGS, ids=lambda p: p.name)
+def test_setting_fixtures_forward_and_updates(folder):
+  """Settings beyond the published configs, each in a fixture made with the authors' code:
+  kl.balance 0.5 (their separate no-balancing branch), norm: layer in every net (their
+  NormLayer) and reward normalisation at momentum 0.9, scale 2 (their StreamNorm)."""
+  forward = authors.check_fixture(folder, with_train=False)
+  assert forward['passed'], (forward['worst'], forward['max_rel_error'])
+  if folder == KL_HALF:
+    # The gradient of the KL loss with respect to both logits is the original's.
+    assert forward['errors']['kl_loss_grad_post_logit'] <= 1e-5
+    assert forward['errors']['kl_loss_grad_prior_logit'] <= 1e-5
+  result = authors.check_updates(folder)
+  print(authors.format_updates(result, folder))
+  assert not result['missing'] and result['passed'], result['failed']
+  if folder == REWARD_NORM:
+    # StreamNorm's magnitude moved away from 1 (momentum 0.9) exactly as the authors'.
+    mag = [k for k, p in result['paths'].items() if p.endswith('rewnorm/mag')][0]
+    assert result['arrays'][f'u1.var.{mag:03d}'] != 1.0
