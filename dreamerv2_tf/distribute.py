@@ -162,6 +162,7 @@ def current():
 
 
 def is_default(strategy) -> bool:
+  """Whether `strategy` is TF's default (no-op) strategy: one device, no replicas."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   return strategy is tf.distribute.get_strategy() and not tf.distribute.has_strategy()
 
