@@ -508,7 +508,8 @@ def parse(argv=None) -> argparse.Namespace:
   add('--eager', action='store_true', help='run the agent eagerly (jit: false)')
   add('--xla', action='store_true', help='compile the train step with XLA')
   add('--skip', default='', help='comma list of parts to leave out: env, replay, matmul')
-  add('--timeout', type=float, default=3600, help='seconds per child process')
+  add('--timeout', type=float, default=14400,
+      help='seconds per child process (a loaded 2-core machine needs over an hour)')
   add('--track-precision', type=int, default=0, metavar='N',
       help='instead: N updates each in float32 and bf16 on the same real batches')
   add('--child', default='', help=argparse.SUPPRESS)
