@@ -242,7 +242,6 @@ def test_translation_copies_values_and_reports_unused_keys():
 @pytest.mark.parametrize('key, value, message', [
     ('rssm.ensemble', 2, "rssm.ensemble: 2; only 1 can be imported"),
     ('rssm.norm', 'layer', "rssm.norm: 'layer'; only 'none'"),
-    ('actor.norm', 'layer', "actor.norm: 'layer'; only 'none'"),
     ('expl_behavior', 'Plan2Explore', "expl_behavior: 'Plan2Explore'; only 'greedy'"),
     ('encoder.mlp_keys', '.*', "encoder.mlp_keys: '.*', which matches vector observations"),
     ('decoder.cnn_keys', '$^', "decoder.cnn_keys: '$^', which does not match 'image'"),
