@@ -145,7 +145,12 @@ class Session:
     if not self.resumed:
       self._add(metrics, time.time() - start)
     else:
-      self.checkpoint.restore(self.resumed).assert_existing_objects_matched()
+      status = self.checkpoint.restore(self.resumed)
+      try:
+        status.assert_existing_objects_matched()
+      except AssertionError as e:  # a checkpoint of an older version of the model
+        print(f'Warning: variables absent from {self.resumed} keep their initial values '
+              f'({" ".join(str(e).split())[-200:]}).', flush=True)
     return time.time() - start
 
   def _add(self, metrics, seconds: float) -> dict:
