@@ -142,7 +142,7 @@ def test_learning_check_end_to_end_tiny(tmp_path):
   proc = subprocess.run(
       [sys.executable, '-m', 'dreamerv2_tf.learning_check', '--seeds', '0', '--episodes', '3',
        '--outdir', str(tmp_path), '--png', str(png), '--bin', '40', '--set', *TINY],
-      cwd=ROOT, capture_output=True, text=True, timeout=600)
+      cwd=ROOT, capture_output=True, text=True, timeout=1800)
   out = proc.stdout + proc.stderr
   assert proc.returncode in (0, 1), out  # 1: a 160-step run is not expected to beat random
   assert '[port s0]' in out and 'Prefill' in out  # the loop's progress lines, relayed
