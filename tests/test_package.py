@@ -93,7 +93,7 @@ def test_pip_install_gives_working_commands_from_any_folder(tmp_path):
   assert 'atari-dreamerv2.json.gz' in installed[2]
   run = subprocess.run(
       [str(bin_dir / 'dreamerv2-train'), '--configs', 'atari', 'debug', '--steps=400',
-       '--prefill=300', '--eval_every=400', '--log_every=200'],
+       '--prefill=100', '--eval_every=400', '--log_every=50'],
       cwd=elsewhere, env=env, capture_output=True, text=True, timeout=1200)
   assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
   logdir = elsewhere / 'logdir' / 'atari_pong'
