@@ -449,9 +449,10 @@ UPDATE_EXCEPTIONS = (
     ('adam.*.v', 3e-5,
      'Adam second moments are sums of squared gradients: twice the gradients\' relative error, '
      'which float32 sums in another order leave at up to ~7e-6 (decoder convolutions)'),
-    ('var (bias/beta)', 3e-5,
+    ('var (bias/beta)', 1e-4,
      'zero-initialised arrays (biases, LayerNorm beta) hold nothing but Adam steps '
-     'lr·m/(√v + ε), which amplify the gradients\' float32 differences where |g| ~ ε'),
+     'lr·m/(√v + ε), which amplify the gradients\' float32 differences where |g| ~ ε '
+     '(measured up to 4.4e-5, the GRU bias of update_rewnorm_seed4)'),
 )
 
 
