@@ -83,7 +83,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if '=' not in item:
       p.error(f"--set takes KEY=VALUE items, got '{item}'.")
   if args.authors and not pathlib.Path(args.authors).exists():
-    p.error(f'--authors {args.authors}: no such interpreter (see ../shared/peer/install.sh).')
+    p.error(f'--authors {args.authors}: no such interpreter (see scripts/install_authors.sh).')
   return args
 
 
