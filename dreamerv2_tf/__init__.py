@@ -14,10 +14,6 @@ Python API (dreamerv2_tf/api.py; README "Use it as a library"):
 
 from __future__ import annotations
 
-import types as _types
-
-from dreamerv2_tf import evaluate as _evaluate_module
-from dreamerv2_tf import api as _api
 from dreamerv2_tf.api import load_config, resolve_env, train
 from dreamerv2_tf.config import Config, ConfigError
 
@@ -25,14 +21,11 @@ __version__ = '0.1.0'
 __all__ = ['load_config', 'train', 'evaluate', 'Config', 'ConfigError', '__version__']
 
 
-class _CallableModule(_types.ModuleType):
-  """dreamerv2_tf.evaluate: the evaluate.py module, callable as `api.evaluate`."""
-
-  def __call__(self, *args, **kwargs):
-    return _api.evaluate(*args, **kwargs)
-
-
-# Importing the submodule sets the package attribute `evaluate` to it (at any later import as
-# well), so the module itself is made callable rather than shadowed by the function.
-_evaluate_module.__class__ = _CallableModule
-evaluate = _evaluate_module
+def __getattr__(name: str):
+  """`dreamerv2_tf.evaluate`: the evaluate.py module, imported on first use (so that
+  `python -m dreamerv2_tf.evaluate` does not find it imported already); it is callable as
+  `api.evaluate` (see the end of evaluate.py)."""
+  if name == 'evaluate':
+    import importlib  # pylint: disable=import-outside-toplevel
+    return importlib.import_module('dreamerv2_tf.evaluate')
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

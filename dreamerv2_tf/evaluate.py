@@ -35,12 +35,14 @@ scripts notice; `--output` elsewhere saves it.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
 import pathlib
 import sys
 import tempfile
+import types
 from typing import Any
 
 import numpy as np
@@ -313,6 +315,11 @@ def _check_arguments(episodes: int, video, fps: float, video_scale: int) -> path
   if video is None:
     return None
   path = check_writable(video, '--video')
+  needs = 'PIL' if path.suffix.lower() == '.gif' else 'imageio_ffmpeg'
+  for module in ('imageio', needs):
+    if importlib.util.find_spec(module) is None:
+      raise ConfigError(f'--video needs the Python package {module!r}, which is not installed '
+                        "(pip install 'dreamerv2_tf[video]' or -r requirements.txt).")
   if path.suffix.lower() not in VIDEO_SUFFIXES:
     raise ConfigError(f'--video {path}: the file name must end in '
                       f'{" or ".join(VIDEO_SUFFIXES)}, got {path.suffix or "no extension"!r}.')
@@ -389,6 +396,19 @@ def main(argv: list[str] | None = None) -> int:
     return 2
   return 0
 
+
+
+class _CallableModule(types.ModuleType):
+  """This module, callable as `dreamerv2_tf.evaluate(logdir, env=..., ...)` = `api.evaluate`:
+  importing a submodule sets the package attribute of its name to the module, so the module is
+  made callable rather than shadowed by the function."""
+
+  def __call__(self, *args, **kwargs):
+    from dreamerv2_tf import api  # pylint: disable=import-outside-toplevel
+    return api.evaluate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 if __name__ == '__main__':
   sys.exit(main())

@@ -58,7 +58,6 @@ from typing import Any, Mapping
 
 import numpy as np
 import tensorflow as tf
-from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
 from dreamerv2_tf import dists, envs
 from dreamerv2_tf.agent import Agent
@@ -224,6 +223,11 @@ def warmup_requests(info: Mapping[str, Any]) -> list:
       SERVING_DEFAULT: step_inputs,
       SAMPLE: dict(step_inputs, seed=np.zeros([2], np.int64)),
   }
+  try:
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise ConfigError('writing the warm-up requests needs the package tensorflow-serving-api '
+                      "(pip install 'dreamerv2_tf[serving]' or -r requirements.txt).") from e
   logs = []
   for name in SIGNATURES:
     request = predict_pb2.PredictRequest()
