@@ -59,7 +59,8 @@ MAIN_KEYS = ('task', 'logdir', 'seed', 'steps', 'prefill', 'pretrain', 'train_ev
              'replay.capacity', 'replay.minlen', 'dataset.batch', 'dataset.length', 'precision',
              'rssm.deter', 'rssm.hidden', 'jit')
 NESTED_NOTES = {
-    'replay.capacity': 'agent steps held in memory (README "Memory")',
+    'replay.capacity': 'agent steps held in memory (README "Replay memory")',
+    'precision': '32 (float32), 16 (mixed float16 on a GPU) or bf16 (mixed bfloat16)',
     'replay.minlen': 'agent steps; shorter episodes are not stored',
     'dataset.batch': 'sequences per update', 'dataset.length': 'transitions per sequence',
     'rssm.deter': 'GRU state size', 'rssm.hidden': 'hidden units of the RSSM layers'}
