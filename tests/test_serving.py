@@ -40,7 +40,7 @@ class LocalClient:
 @pytest.fixture(scope='module')
 def served(tmp_path_factory):
   logdir = tmp_path_factory.mktemp('run')
-  make_run(logdir, seed=1)
+  make_run(logdir, seed=0)
   base = tmp_path_factory.mktemp('models') / MODEL
   version = export.export_policy(logdir, base)
   model = serving_double.ServedModelDouble(MODEL, base)
