@@ -29,7 +29,7 @@ PONG_ACT = ActSpace(discrete=True, size=6)
 STEPS = 200
 
 
-def make_run(logdir: pathlib.Path, seed: int = 0, step: int = 1234):
+def make_run(logdir: pathlib.Path, seed: int = 0, step: int = 1234, scale: float = 0.1):
   """A training-run directory as the loop leaves it: config.yaml and a checkpoint (agent, step,
   TF generator, host state) of a debug-size Pong agent with `eval_state_mean: True`. The
   weights are perturbed (biases included) so that nothing equals its initial value."""
@@ -38,7 +38,7 @@ def make_run(logdir: pathlib.Path, seed: int = 0, step: int = 1234):
   agent = Agent(config, PONG_OBS, PONG_ACT, step_var)
   rng = np.random.default_rng(seed)
   for v in agent.trainable_variables:
-    v.assign(v + 0.1 * rng.standard_normal(v.shape).astype(np.float32))
+    v.assign(v + scale * rng.standard_normal(v.shape).astype(np.float32))
   config.save(logdir / 'config.yaml')
   Checkpointer(logdir / 'checkpoints', step_var, agent=agent,
                tf_rng=tf.random.Generator.from_seed(seed), host=HostState()).save()
