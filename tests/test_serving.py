@@ -116,7 +116,7 @@ def test_clients_return_what_the_model_computes(served, client_class):
 def test_play_over_grpc_end_to_end(served, reference, tmp_path):
   before = len(served['model'].requests)
   summary = tmp_path / 'grpc.json'
-  result = run_tool(['-m', 'dreamerv2_tf.serving', 'play', '--server', served['grpc'],
+  result = run_tool(['-m', 'dreamerv2_tf.serving', 'play', '--timeout', '120', '--server', served['grpc'],
                      '--model', MODEL, '--task', 'atari_pong', '--episodes', str(EPISODES),
                      '--configs', 'atari', 'debug', '--json', str(summary)])
   assert result.returncode == 0, result.stderr[-3000:]
@@ -139,7 +139,7 @@ def test_play_over_grpc_end_to_end(served, reference, tmp_path):
 def test_play_over_rest_end_to_end(served, reference, tmp_path):
   before = len(served['model'].requests)
   summary = tmp_path / 'rest.json'
-  result = run_tool(['-m', 'dreamerv2_tf.serving', 'play', '--server', served['rest'], '--rest',
+  result = run_tool(['-m', 'dreamerv2_tf.serving', 'play', '--timeout', '120', '--server', served['rest'], '--rest',
                      '--model', MODEL, '--task', 'atari_pong', '--episodes', '1',
                      '--configs', 'atari', 'debug', '--json', str(summary)])
   assert result.returncode == 0, result.stderr[-3000:]
