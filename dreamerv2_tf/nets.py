@@ -455,6 +455,21 @@ class _DenseStack(keras.layers.Layer):
     return x
 
 
+def _selected(shapes: dict, cnn_keys: str, mlp_keys: str, net: str):
+  """(shapes as int tuples, image keys, vector keys) chosen by the `net`'s key regexes.
+
+  Raises:
+    ValueError: when neither regex selects a key (naming both and the available shapes).
+  """
+  shapes = {k: tuple(int(d) for d in s) for k, s in shapes.items()}
+  cnn, mlp = select_keys(shapes, cnn_keys, 3), select_keys(shapes, mlp_keys, 1)
+  if not cnn and not mlp:
+    raise ValueError(
+        f'The {net} selects no observation: {net}.cnn_keys {cnn_keys!r} matches no rank-3 '
+        f'key and {net}.mlp_keys {mlp_keys!r} no rank-1 key of {shapes}.')
+  return shapes, cnn, mlp
+
+
 class MultiEncoder(Encoder):
   """Encoder of a dict of observations (the authors' `cnn_keys`/`mlp_keys`, SPEC.md §3).
 
@@ -473,13 +488,7 @@ class MultiEncoder(Encoder):
   def __init__(self, shapes: dict, cnn_keys: str = '.*', mlp_keys: str = '.*', act: str = 'elu',
                norm: str = 'none', cnn_depth: int = 48, cnn_kernels: Sequence[int] = (4, 4, 4, 4),
                mlp_layers: Sequence[int] = (400, 400, 400, 400), **kwargs):
-    shapes = {k: tuple(int(d) for d in s) for k, s in shapes.items()}
-    self.cnn_keys = select_keys(shapes, cnn_keys, 3)
-    self.mlp_keys = select_keys(shapes, mlp_keys, 1)
-    if not self.cnn_keys and not self.mlp_keys:
-      raise ValueError(
-          f'The encoder selects no observation: encoder.cnn_keys {cnn_keys!r} matches no rank-3 '
-          f'key and encoder.mlp_keys {mlp_keys!r} no rank-1 key of {shapes}.')
+    shapes, self.cnn_keys, self.mlp_keys = _selected(shapes, cnn_keys, mlp_keys, 'encoder')
     if self.cnn_keys:
       super().__init__(_image_stack_shape(shapes, self.cnn_keys), depth=cnn_depth,
                        kernels=cnn_kernels, act=act, norm=norm, **kwargs)
@@ -532,13 +541,7 @@ class MultiDecoder(Decoder):
                act: str = 'elu', norm: str = 'none', cnn_depth: int = 48,
                cnn_kernels: Sequence[int] = (5, 5, 6, 6),
                mlp_layers: Sequence[int] = (400, 400, 400, 400), **kwargs):
-    shapes = {k: tuple(int(d) for d in s) for k, s in shapes.items()}
-    self.cnn_keys = select_keys(shapes, cnn_keys, 3)
-    self.mlp_keys = select_keys(shapes, mlp_keys, 1)
-    if not self.cnn_keys and not self.mlp_keys:
-      raise ValueError(
-          f'The decoder selects no observation: decoder.cnn_keys {cnn_keys!r} matches no rank-3 '
-          f'key and decoder.mlp_keys {mlp_keys!r} no rank-1 key of {shapes}.')
+    shapes, self.cnn_keys, self.mlp_keys = _selected(shapes, cnn_keys, mlp_keys, 'decoder')
     self.shapes = shapes
     if self.cnn_keys:
       super().__init__(feat_size, _image_stack_shape(shapes, self.cnn_keys), depth=cnn_depth,
