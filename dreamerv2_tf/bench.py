@@ -46,6 +46,7 @@ Raises SystemExit with one line when a child process fails or the peer script is
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pathlib
@@ -337,21 +338,29 @@ def bench_envs(config, task: str, steps: int, num: int, repeats: int) -> dict:
   return {k: statistics.median(v) for k, v in rates.items() if v}
 
 
-def bench_replay(config, task: str, collect: int, batches: int) -> dict:
-  """Bytes per stored step and median batches/s (and per CPU-second) of `Replay.dataset` at the
-  config's B × T on `collect` agent steps of random-policy episodes."""
+@contextlib.contextmanager
+def _random_replay(config, task: str, steps: int):
+  """A Replay in a temporary folder holding at least `steps` transitions (and one finished
+  episode) of a uniform random policy on `task` (one env); `replay.minlen` = dataset.length."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   from dreamerv2_tf import envs  # pylint: disable=g-import-not-at-top
   from dreamerv2_tf.driver import Driver, RandomPolicy  # pylint: disable=g-import-not-at-top
   from dreamerv2_tf.replay import Replay  # pylint: disable=g-import-not-at-top
-  batch, length = int(config.dataset.batch), int(config.dataset.length)
   with tempfile.TemporaryDirectory() as directory, \
       envs.make_vec_env(task, config, 'train', 1) as env:
-    replay = Replay(directory, capacity=None, minlen=length, seed=0)
+    replay = Replay(directory, capacity=None, minlen=int(config.dataset.length), seed=0)
     driver = Driver(env, [replay.add_step])
     policy = RandomPolicy(env.act_space, np.random.default_rng(0))
-    while replay.num_steps < collect or replay.num_episodes == 0:
+    while replay.num_steps < steps or replay.num_episodes == 0:
       driver(policy, steps=200)
+    yield replay
+
+
+def bench_replay(config, task: str, collect: int, batches: int) -> dict:
+  """Bytes per stored step and median batches/s (and per CPU-second) of `Replay.dataset` at the
+  config's B × T on `collect` agent steps of random-policy episodes."""
+  batch, length = int(config.dataset.batch), int(config.dataset.length)
+  with _random_replay(config, task, collect) as replay:
     iterator = iter(replay.dataset(batch, length, bool(config.replay.prioritize_ends),
                                    int(config.dataset.prefetch)))
     for _ in range(10):
@@ -420,18 +429,8 @@ def peer_command(python: str, script: str, args) -> list[str]:
 def pong_batches(config, task: str, steps: int, count: int) -> list[dict]:
   """`count` replay batches (numpy) sampled with fixed seeds from `steps` agent steps of
   random-policy episodes, the same list for every precision compared."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from dreamerv2_tf import envs  # pylint: disable=g-import-not-at-top
-  from dreamerv2_tf.driver import Driver, RandomPolicy  # pylint: disable=g-import-not-at-top
-  from dreamerv2_tf.replay import Replay  # pylint: disable=g-import-not-at-top
   batch, length = int(config.dataset.batch), int(config.dataset.length)
-  with tempfile.TemporaryDirectory() as directory, \
-      envs.make_vec_env(task, config, 'train', 1) as env:
-    replay = Replay(directory, capacity=None, minlen=length, seed=0)
-    driver = Driver(env, [replay.add_step])
-    policy = RandomPolicy(env.act_space, np.random.default_rng(0))
-    while replay.num_steps < steps or replay.num_episodes == 0:
-      driver(policy, steps=500)
+  with _random_replay(config, task, steps) as replay:
     prioritize = bool(config.replay.prioritize_ends)
     return [replay.sample(batch, length, prioritize, seed=i) for i in range(count)]
 
