@@ -62,6 +62,37 @@ FIXTURES = {
   beh.rewnorm.mag.assign(_mag_before)  # forward outputs leave the weights unchanged
   out['imag_reward_normed'] = seq['reward']"""),
         what='Atari config with reward_norm momentum 0.9, scale 2 (StreamNorm)'),
+    'update_plan2explore_seed7': dict(
+        args=['--kind', 'discrete', '--seed', '7', '--updates', '2', '--reload-checks', '0',
+              '--train-metrics', '0'],
+        sizes={'expl_behavior': 'Plan2Explore', 'disag_models': 3, 'expl_head.layers': 2,
+               'expl_head.units': 12, 'encoder.cnn_depth': 2, 'decoder.cnn_depth': 2},
+        drop=[],
+        # The shared generator knows only the task behaviour. Three patches let it create the
+        # explorer's variables with forward passes (the ensemble on features and action, the
+        # explorer's actor and critics on features), record the explorer's reward on the
+        # forward imagined trajectory, and accept the explorer's three extra gradient calls
+        # (ensemble, actor, critic) per update; its metrics (expl_*) and variables after each
+        # update are then recorded like the task behaviour's.
+        patch=[
+            ("  beh._target_critic(feat)\n",
+             "  beh._target_critic(feat)\n"
+             "  explorer = agnt._expl_behavior\n"
+             "  if explorer is not beh:\n"
+             "    ens_in = feat\n"
+             "    if agnt.config.disag_action_cond:\n"
+             "      ens_in = tf.concat([feat, tf.cast(pre['action'][:, 0], feat.dtype)], -1)\n"
+             "    for member in explorer._networks:\n"
+             "      member(ens_in)\n"
+             "    for net in (explorer.ac.actor, explorer.ac.critic, explorer.ac._target_critic):\n"
+             "      net(feat)\n"),
+            ("  out['critic_mode_mean'] = mets4['critic']\n",
+             "  out['critic_mode_mean'] = mets4['critic']\n"
+             "  if agnt._expl_behavior is not beh:\n"
+             "    out['expl_intr_reward'] = agnt._expl_behavior._intr_reward(seq)\n"),
+            ("      assert len(records) == 3, len(records)",
+             "      assert len(records) in (3, 6), len(records)")],
+        what='Atari config with expl_behavior plan2explore (3 ensemble members, 2x12 heads)'),
 }
 
 NOTE = """<!-- Provenance (added by this project, scripts/make_fixtures.py): made by
@@ -79,13 +110,15 @@ def make(name: str, spec: dict, python: str) -> None:
     out = pathlib.Path(tmp) / name
     generator = GENERATOR
     if spec.get('patch'):  # a patched copy of the shared generator, in the temporary folder
-      old, new = spec['patch']
+      patches = spec['patch'] if isinstance(spec['patch'], list) else [spec['patch']]
       text = GENERATOR.read_text()
-      if text.count(old) != 1:
-        raise SystemExit(f'make_fixtures: error: {GENERATOR} changed; the patch for {name} '
-                         'no longer applies.')
+      for old, new in patches:
+        if text.count(old) != 1:
+          raise SystemExit(f'make_fixtures: error: {GENERATOR} changed; a patch for {name} '
+                           'no longer applies.')
+        text = text.replace(old, new)
       generator = pathlib.Path(tmp) / GENERATOR.name
-      generator.write_text(text.replace(old, new))
+      generator.write_text(text)
     command = [python, str(generator), *spec['args'], '--sizes', json.dumps(spec['sizes']),
                '--out', str(out)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)

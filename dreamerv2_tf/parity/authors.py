@@ -182,6 +182,12 @@ def recompute(imported, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarra
   critic_loss, mets = ac.critic_loss(seq, target)
   out['critic_loss'] = critic_loss
   out['critic_mode_mean'] = mets['critic']
+  if agent.expl is not None:  # the explorer's reward on the same imagined trajectory
+    norms = [getattr(agent.expl, n) for n in ('intr_norm', 'extr_norm') if hasattr(agent.expl, n)]
+    mags = [n.mag.numpy() for n in norms]
+    out['expl_intr_reward'] = agent.expl.reward(wm, seq)
+    for norm, value in zip(norms, mags):
+      norm.mag.assign(value)
   return {k: np.asarray(v.numpy() if hasattr(v, 'numpy') else v, np.float32)
           for k, v in out.items()}
 
