@@ -232,7 +232,9 @@ def test_translation_copies_values_and_reports_unused_keys():
   assert config.slow_target_fraction == 1.0 and config.model_opt.lr == 2e-4
   assert translation.discrete and translation.image_shape == (64, 64, 1)
   unused = {key for key, _, _ in translation.unused}
-  for key in ('disag_models', 'expl_head.units', 'log_keys_video', 'encoder.mlp_layers',
+  assert config.disag_models == 10 and config.expl_head.units == 400  # copied (expl.py)
+  assert config.expl_behavior == 'greedy' and config.expl_until == 0
+  for key in ('log_keys_video', 'encoder.mlp_layers',
               'loss_scales.proprio', 'replay.maxlen', 'envs_parallel', 'rssm.std_act'):
     assert key in unused
   assert 'rssm.deter' not in unused and 'rssm.ensemble' not in unused
@@ -242,7 +244,10 @@ def test_translation_copies_values_and_reports_unused_keys():
 @pytest.mark.parametrize('key, value, message', [
     ('rssm.ensemble', 2, "rssm.ensemble: 2; only 1 can be imported"),
     ('rssm.norm', 'layer', "rssm.norm: 'layer'; only 'none'"),
-    ('expl_behavior', 'Plan2Explore', "expl_behavior: 'Plan2Explore'; only 'greedy'"),
+    ('expl_behavior', 'Random', "expl_behavior: 'Random'; allowed: greedy, Plan2Explore, "
+     "ModelLoss"),
+    ('expl_opt.opt', 'sgd', "expl_opt.opt: 'sgd'; only 'adam'"),
+    ('expl_head.dist', 'normal', "expl_head.dist: 'normal'; only 'mse'"),
     ('encoder.mlp_keys', '.*', "encoder.mlp_keys: '.*', which matches vector observations"),
     ('decoder.cnn_keys', '$^', "decoder.cnn_keys: '$^', which does not match 'image'"),
     ('rssm.discrete', False, 'only categorical latents'),
@@ -274,7 +279,7 @@ def test_import_writes_a_checkpoint_that_restores_to_the_same_outputs(tmp_path, 
           '--task', 'atari_pong', '--logdir', str(logdir)]
   assert ia.main(argv) == 0  # builds Pong once to check the 6 actions
   out = capsys.readouterr().out
-  assert 'disag_models: 10' in out and 'Environment check: atari_pong: 6 discrete' in out
+  assert 'envs_parallel' in out and 'Environment check: atari_pong: 6 discrete' in out
   assert f'Continue training: {ia._python()} train.py --task atari_pong' in out
   assert 'python' in ia._python()
   assert (logdir / 'config.yaml').exists()
