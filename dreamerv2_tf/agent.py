@@ -181,12 +181,14 @@ class Agent(tf.Module):
       counts.update(expl.count_params(self.expl))
     return counts
 
-  def exploring(self) -> bool:
-    """Whether the train-mode policy acts with the explorer now: there is one and `expl_until`
-    is 0 or the agent step is below it (the authors' `Until`)."""
+  def exploring(self, step: int | None = None) -> bool:
+    """Whether the train-mode policy acts with the explorer at agent step `step` (default: the
+    step variable): there is one and `expl_until` is 0 or the step is below it (the authors'
+    `Until`)."""
     if self.expl is None:
       return False
-    return not self.expl_until or int(self.step.numpy()) < self.expl_until
+    step = int(self.step.numpy()) if step is None else int(step)
+    return not self.expl_until or step < self.expl_until
 
   def initial_state(self, batch: int) -> dict:
     """Zero policy state for `batch` environments (float32 tensors)."""
@@ -197,7 +199,8 @@ class Agent(tf.Module):
         'prev_action': tf.zeros([batch, self.action_size], tf.float32),
     }
 
-  def policy(self, obs: dict, state: dict | None = None, mode: str = 'train'):
+  def policy(self, obs: dict, state: dict | None = None, mode: str = 'train',
+             step: int | None = None):
     """One acting step for a batch of environments (SPEC.md §8).
 
     Args:
@@ -209,6 +212,7 @@ class Agent(tf.Module):
         (plus `eval_noise`). As in the authors' release, whose training policy acts in its
         'explore' mode, the latent is the posterior's mode in both when `eval_state_mean`,
         else a sample.
+      step: the agent step deciding `expl_until` (default: the step variable).
     Returns:
       ({'action': float32 [B, A]}, new state).
     Raises:
@@ -222,7 +226,7 @@ class Agent(tf.Module):
     is_first = tf.convert_to_tensor(obs['is_first'], tf.bool)
     if state is None:
       state = self.initial_state(int(is_first.shape[0]))
-    explore = mode == 'train' and self.exploring()
+    explore = mode == 'train' and self.exploring(step)
     outputs, new_state, finite = self._policy(image, is_first, state, mode == 'eval', explore)
     if not bool(finite):
       raise FloatingPointError(

@@ -169,6 +169,22 @@ def test_expl_until_chooses_the_explorer_in_train_mode(until, step, explores):
   np.testing.assert_array_equal(np.argmax(evaluation['action'], -1), 4)
 
 
+def test_the_runner_step_decides_expl_until_not_the_lagging_step_variable():
+  """The runner passes its current agent step (the variable is only updated at updates)."""
+  from dreamerv2_tf.runner import agent_policy
+  agent = make_agent(expl_behavior='plan2explore', disag_models=2, expl_until=5)
+  _set_actor_choice(agent.ac, 4)
+  _set_actor_choice(agent.expl.ac, 2)
+  obs = {'image': np.zeros((2, 64, 64, 1), np.uint8), 'is_first': np.ones(2, bool)}
+  current = {'step': 4}
+  policy = agent_policy(agent, 'train', lambda: current['step'])
+  agent.step.assign(100)  # stale: would mean the task actor
+  np.testing.assert_array_equal(np.argmax(policy(obs, None)[0], -1), 2)
+  current['step'] = 5
+  agent.step.assign(0)  # stale: would mean the explorer
+  np.testing.assert_array_equal(np.argmax(policy(obs, None)[0], -1), 4)
+
+
 def test_greedy_has_no_explorer_and_the_task_actor_acts():
   agent = make_agent()
   assert agent.expl is None and not agent.exploring()
