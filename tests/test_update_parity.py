@@ -177,3 +177,24 @@ def test_plan2explore_fixture_matches_the_authors():
   for index in (first, actor):
     assert not np.array_equal(result['arrays'][f'u1.var.{index:03d}'],
                               result['arrays'][f'u2.var.{index:03d}'])
+
+
+EXPLORER_SETTINGS = [FIXTURES / 'update_plan2explore_deter_seed9',
+                     FIXTURES / 'update_modelloss_seed8']
+
+
+@pytest.mark.parametrize('folder', EXPLORER_SETTINGS, ids=lambda p: p.name)
+def test_explorer_setting_fixtures_match_the_authors(folder):
+  """Plan2Explore predicting deter two steps ahead without the action, log disagreement,
+  intrinsic scale 2 plus extrinsic 0.5 (both reward normalisers); ModelLoss (a head regresses
+  the world model's KL; its prediction, scaled 2, plus 0.5 extrinsic is the reward)."""
+  forward = authors.check_fixture(folder, with_train=False)
+  assert forward['passed'], (forward['worst'], forward['max_rel_error'])
+  assert forward['errors']['expl_intr_reward'] <= 1e-5
+  result = authors.check_updates(folder)
+  print(authors.format_updates(result, folder))
+  assert not result['missing'] and result['updates'] == 2
+  assert result['passed'], result['failed']
+  for u in (1, 2):
+    for name in ('expl_loss', 'actor_loss', 'critic_loss', 'reward_mean'):
+      assert result['errors'][f'u{u}.metric.expl_{name}'] <= authors.TOLERANCE, name
