@@ -9,7 +9,8 @@ is created, TensorFlow loads or an environment starts:
 - the task (suite, Atari game, DMC domain and task; envs.check_task, no dm_control import);
 - sizes and counts: positive (`dataset.batch`, `rssm.deter`, ...) or non-negative (`seed`,
   `prefill`, `time_limit`, `log_every`, ...), in agent steps where they are step counts;
-- choices: `precision` 16/32/'bf16', `actor.dist`, `actor_grad`, `clip_rewards`, `grad_heads`;
+- choices: `precision` 16/32/'bf16', `actor.dist`, `actor_grad`, `clip_rewards`, `grad_heads`,
+  `expl_behavior`, `disag_target`, `expl_model_loss`; `disag_offset` below `dataset.length`;
 - schedules (`actor_ent`, `actor_grad_mix`) parse (schedule.parse);
 - `render_size` is two positive ints; floats are finite and in range (`discount` in (0, 1],
   learning rates > 0, ...);
