@@ -336,3 +336,29 @@ def test_import_takes_step_and_updates_from_the_checkpoint(tmp_path):
   assert imported.agent.ac.actor.std is not None and imported.agent.action_size == 3
   assert imported.translation.config.task == 'dmc_walker_walk'
   assert imported.translation.config.pred_discount is False
+
+
+PLAN2EXPLORE = REPO / 'tests' / 'fixtures' / 'update_plan2explore_seed7'
+
+
+def test_plan2explore_layout_matches_the_authors_variables_json():
+  folder = _need(PLAN2EXPLORE)
+  translation = ia.translate_config(_authors_config(folder))
+  assert translation.config.expl_behavior == 'plan2explore'
+  layout = ia.authors_layout(translation.config, translation.image_shape, 6, True)
+  ia.check_variables_json(layout, folder / 'variables.json')
+  # The explorer's actor is visited as its own attribute, after the actor-critic's critic.
+  paths = [e.path for e in layout]
+  assert paths.index('_expl_behavior/actor/_modules/dense0/kernel') > paths.index(
+      '_expl_behavior/ac/rewnorm/mag')
+  assert not any(p.startswith('_expl_behavior/ac/actor/') for p in paths)
+
+
+def test_ensemble_members_are_ordered_by_number_like_tf_module():
+  config = _authors_config(_need(PLAN2EXPLORE))
+  config['disag_models'] = 12
+  translation = ia.translate_config(config)
+  layout = ia.authors_layout(translation.config, translation.image_shape, 6, True)
+  members = [e.path.split('/')[2] for e in layout
+             if e.path.startswith('_expl_behavior/_networks/')]
+  assert list(dict.fromkeys(members)) == [str(i) for i in range(12)]  # 10 after 9, not after 1
