@@ -152,7 +152,8 @@ class Agent(tf.Module):
   @property
   def trainable_variables(self) -> list:
     """Every weight an optimiser updates, once each, in optimiser order (model, actor,
-    critic); their sizes sum to `param_counts()` world_model + actor + critic."""
+    critic, then the explorer's); their sizes sum to `param_counts()` world_model + actor +
+    critic (+ expl_heads + expl_actor + expl_critic)."""
     return _unique(v for opt in self.optimizers for v in opt.variables_)
 
   @property
