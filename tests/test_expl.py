@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dreamerv2_tf import expl
+from dreamerv2_tf import expl, nets
 from dreamerv2_tf.agent import ActSpace, Agent
 from dreamerv2_tf.config import ConfigError, load_config
 from dreamerv2_tf.validate import validate
@@ -204,6 +204,11 @@ def test_train_updates_the_explorer_after_the_task_behaviour_and_checkpoints_it(
   assert int(agent.expl.ac.updates.numpy()) == 1 and int(agent.ac.updates.numpy()) == 1
   assert [opt.label for opt in agent.optimizers] == [
       'model', 'actor', 'critic', 'expl', 'actor', 'critic']
+  counts = agent.param_counts()
+  assert sum(int(np.prod(v.shape)) for v in agent.trainable_variables) == sum(
+      counts[k] for k in ('world_model', 'actor', 'critic', 'expl_heads', 'expl_actor',
+                          'expl_critic'))
+  assert counts['expl_heads'] == 2 * nets.count_params(agent.expl.heads[0]) > 0
   path = tf.train.Checkpoint(agent=agent).save(str(tmp_path / 'ckpt'))
   other = make_agent(expl_behavior='plan2explore', disag_models=2)
   tf.train.Checkpoint(agent=other).restore(path).assert_existing_objects_matched()
