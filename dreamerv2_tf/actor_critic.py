@@ -160,6 +160,16 @@ class ActorCritic(tf.Module):
     self.critic_opt = Optimizer('critic', self.critic.trainable_variables, mixed=mixed,
                                 **dict(critic_opt))
 
+  @classmethod
+  def from_config(cls, config, feat_size: int, action_size: int, discrete: bool,
+                  mixed: bool = False, name: str = 'actor_critic') -> 'ActorCritic':
+    """An ActorCritic with the actor-critic keys of a full Config (configs.yaml)."""
+    keys = ('actor', 'critic', 'actor_opt', 'critic_opt', 'discount', 'discount_lambda',
+            'imag_horizon', 'actor_grad', 'actor_grad_mix', 'actor_ent', 'slow_target',
+            'slow_target_update', 'slow_target_fraction', 'slow_baseline', 'reward_norm')
+    return cls(feat_size, action_size, discrete, mixed=mixed, name=name,
+               **{key: config[key] for key in keys})
+
   def policy(self, feat: tf.Tensor):
     """Action distribution π(·|feat) for feat [..., F]."""
     out = self.actor(feat)

@@ -30,7 +30,7 @@ import logging
 import keras
 import tensorflow as tf
 
-from dreamerv2_tf import dists, nets
+from dreamerv2_tf import dists, expl, nets
 from dreamerv2_tf.actor_critic import ActorCritic
 from dreamerv2_tf.world_model import WorldModel, obs_shapes, preprocess_image
 
@@ -70,7 +70,8 @@ def _space_size(act_space) -> tuple[bool, int]:
 
 
 def build_parts(config, image_shape, action_size: int, discrete: bool, mixed: bool) -> dict:
-  """Builds every layer and optimiser of the agent: {'wm': WorldModel, 'ac': ActorCritic}.
+  """Builds every layer and optimiser of the agent: {'wm': WorldModel, 'ac': ActorCritic,
+  'expl': the exploration behaviour (expl.py; None for `expl_behavior: greedy`)}.
 
   The one place where the agent's variables are created: call it inside a tf.distribute
   strategy's scope to place them there (`Agent(..., scope=strategy.scope())` does).
@@ -82,16 +83,9 @@ def build_parts(config, image_shape, action_size: int, discrete: bool, mixed: bo
       grad_heads=config.grad_heads, loss_scales=config.loss_scales, kl=config.kl,
       clip_rewards=config.clip_rewards, discount=config.discount,
       model_opt=config.model_opt, mixed=mixed)
-  ac = ActorCritic(
-      wm.rssm.feat_size, action_size, discrete, actor=config.actor,
-      critic=config.critic, actor_opt=config.actor_opt, critic_opt=config.critic_opt,
-      discount=config.discount, discount_lambda=config.discount_lambda,
-      imag_horizon=config.imag_horizon, actor_grad=config.actor_grad,
-      actor_grad_mix=config.actor_grad_mix, actor_ent=config.actor_ent,
-      slow_target=config.slow_target, slow_target_update=config.slow_target_update,
-      slow_target_fraction=config.slow_target_fraction,
-      slow_baseline=config.slow_baseline, reward_norm=config.reward_norm, mixed=mixed)
-  return {'wm': wm, 'ac': ac}
+  ac = ActorCritic.from_config(config, wm.rssm.feat_size, action_size, discrete, mixed)
+  explorer = expl.build(config, wm, action_size, discrete, mixed)
+  return {'wm': wm, 'ac': ac, 'expl': explorer}
 
 
 def _unique(variables) -> list:
@@ -125,7 +119,8 @@ class Agent(tf.Module):
     self.step = step
     with scope or contextlib.nullcontext():
       parts = build_parts(config, image_shape, self.action_size, self.discrete, mixed)
-    self.wm, self.ac = parts['wm'], parts['ac']
+    self.wm, self.ac, self.expl = parts['wm'], parts['ac'], parts['expl']
+    self.expl_until = int(config.expl_until)
     self.eval_state_mean = bool(config.eval_state_mean)
     self.expl_noise = float(config.expl_noise)
     self.eval_noise = float(config.eval_noise)
@@ -144,17 +139,21 @@ class Agent(tf.Module):
 
   @property
   def optimizers(self) -> list:
-    """The optimisers (`optim.Optimizer`): model, actor, critic."""
-    return [self.wm.opt, self.ac.actor_opt, self.ac.critic_opt]
+    """The optimisers (`optim.Optimizer`): model, actor, critic, then with an explorer its
+    heads' (`expl`), actor and critic."""
+    own = [self.wm.opt, self.ac.actor_opt, self.ac.critic_opt]
+    return own + (self.expl.optimizers if self.expl is not None else [])
 
   def _layers(self) -> list:
-    return [self.wm.encoder, self.wm.rssm, *self.wm.heads.values(), self.ac.actor,
-            self.ac.critic, self.ac.target_critic]
+    layers = [self.wm.encoder, self.wm.rssm, *self.wm.heads.values(), self.ac.actor,
+              self.ac.critic, self.ac.target_critic]
+    return layers + (self.expl.layers() if self.expl is not None else [])
 
   @property
   def trainable_variables(self) -> list:
     """Every weight an optimiser updates, once each, in optimiser order (model, actor,
-    critic); their sizes sum to `param_counts()` world_model + actor + critic."""
+    critic, then the explorer's); their sizes sum to `param_counts()` world_model + actor +
+    critic (+ expl_heads + expl_actor + expl_critic)."""
     return _unique(v for opt in self.optimizers for v in opt.variables_)
 
   @property
@@ -179,7 +178,18 @@ class Agent(tf.Module):
     counts['world_model'] = sum(counts.values())
     counts['actor'] = nets.count_params(self.ac.actor)
     counts['critic'] = nets.count_params(self.ac.critic)
+    if self.expl is not None:
+      counts.update(expl.count_params(self.expl))
     return counts
+
+  def exploring(self, step: int | None = None) -> bool:
+    """Whether the train-mode policy acts with the explorer at agent step `step` (default: the
+    step variable): there is one and `expl_until` is 0 or the step is below it (the authors'
+    `Until`)."""
+    if self.expl is None:
+      return False
+    step = int(self.step.numpy()) if step is None else int(step)
+    return not self.expl_until or step < self.expl_until
 
   def initial_state(self, batch: int) -> dict:
     """Zero policy state for `batch` environments (float32 tensors)."""
@@ -190,17 +200,20 @@ class Agent(tf.Module):
         'prev_action': tf.zeros([batch, self.action_size], tf.float32),
     }
 
-  def policy(self, obs: dict, state: dict | None = None, mode: str = 'train'):
+  def policy(self, obs: dict, state: dict | None = None, mode: str = 'train',
+             step: int | None = None):
     """One acting step for a batch of environments (SPEC.md §8).
 
     Args:
       obs: the encoder's keys (e.g. 'image' uint8 [B, H, W, C], vectors float32 [B, n]) and
         'is_first' bool [B] (other keys ignored).
       state: policy state from the previous call (None: zeros); reset where is_first.
-      mode: 'train' samples the action (plus `expl_noise`); 'eval' takes the actor's mode
+      mode: 'train' samples the action (plus `expl_noise`), from the explorer's actor while
+        `exploring()` (expl.py), else the task actor's; 'eval' takes the task actor's mode
         (plus `eval_noise`). As in the authors' release, whose training policy acts in its
         'explore' mode, the latent is the posterior's mode in both when `eval_state_mean`,
         else a sample.
+      step: the agent step deciding `expl_until` (default: the step variable).
     Returns:
       ({'action': float32 [B, A]}, new state).
     Raises:
@@ -214,7 +227,8 @@ class Agent(tf.Module):
     is_first = tf.convert_to_tensor(obs['is_first'], tf.bool)
     if state is None:
       state = self.initial_state(int(is_first.shape[0]))
-    outputs, new_state, finite = self._policy(image, is_first, state, mode == 'eval')
+    explore = mode == 'train' and self.exploring(step)
+    outputs, new_state, finite = self._policy(image, is_first, state, mode == 'eval', explore)
     if not bool(finite):
       raise FloatingPointError(
           'Agent.policy: the latent state or the actor\'s output is not finite (NaN or inf in '
@@ -222,7 +236,7 @@ class Agent(tf.Module):
           'checkpoint from before the divergence.')
     return outputs, new_state
 
-  def _policy_step(self, image, is_first, state, eval_mode: bool):
+  def _policy_step(self, image, is_first, state, eval_mode: bool, explore: bool = False):
     with dists.mode_draws(self.deterministic):
       wm = self.wm
       embed = wm.encode(wm.preprocess_obs(image))
@@ -230,7 +244,7 @@ class Agent(tf.Module):
       post, _ = wm.rssm.obs_step(latent, state['prev_action'], embed, is_first,
                                  not self.eval_state_mean, with_prior=False)
       feat = wm.rssm.get_feat(post)
-      dist = self.ac.policy(feat)
+      dist = (self.expl if explore else self.ac).policy(feat)
       action = tf.cast(dist.mode() if eval_mode else dist.sample(), tf.float32)
       checked = [feat, dist.mode()]
       if self.discrete:
@@ -260,13 +274,15 @@ class Agent(tf.Module):
     return tuple(keys) + ('action', 'reward', 'is_first', 'is_terminal')
 
   def train(self, data: dict) -> dict:
-    """One update: world model, then actor and critic in imagination (SPEC.md §8).
+    """One update: world model, then actor and critic in imagination (SPEC.md §8), then the
+    explorer's heads, actor and critic (expl.py), as in the authors' `Agent.train`.
 
     Args:
       data: replay batch {image uint8 [B,T,H,W,C], action float32 [B,T,A], reward float32
         [B,T], is_first/is_last/is_terminal bool [B,T]}; `log_*` keys are ignored.
     Returns:
-      dict of float32 scalar metrics (model_loss, image_loss, ..., actor_loss, critic_loss);
+      dict of float32 scalar metrics (model_loss, image_loss, ..., actor_loss, critic_loss;
+      the explorer's with the prefix `expl_`: expl_expl_loss, expl_actor_loss, ...);
       with `deterministic_check` also per-module and per-variable gradient norms
       (`model_grad_norm/encoder`, `model_grad_norm_var/000`, ...).
     """
@@ -275,9 +291,12 @@ class Agent(tf.Module):
 
   def _train_step(self, data):
     with dists.mode_draws(self.deterministic):
-      post, _, metrics = self.wm.train(data)
+      post, outputs, metrics = self.wm.train(data)
       start = {k: tf.stop_gradient(v) for k, v in post.items()}
       metrics.update(self.ac.train(self.wm, start, data['is_terminal'], self.step))
+      if self.expl is not None:
+        mets = self.expl.train(self.wm, start, outputs, data, self.step)
+        metrics.update({f'expl_{k}': v for k, v in mets.items()})
     return {k: tf.cast(v, tf.float32) for k, v in metrics.items()}
 
   def report(self, data: dict) -> dict:

@@ -2,7 +2,10 @@
 
 One `tf.train.Checkpoint` holds, by attribute name:
 - `agent`: the agent (`tf.Module`): world model, actor, critic, target critic, the three
-  optimisers with their slots, iteration counts and loss scales, and `agent.updates`;
+  optimisers with their slots, iteration counts and loss scales, and `agent.updates`; with
+  `expl_behavior` other than greedy also `agent.expl` (expl.py): the ensemble (`disag<i>`) or
+  head, the explorer's actor-critic and its updates counter, the reward normalisers, and its three
+  optimisers;
 - `step`: the int64 agent-step counter (frames = step × action_repeat);
 - `tf_rng`: TensorFlow's global `tf.random.Generator`;
 - `host`: a `HostState` (JSON): Python's `random` state, numpy's global state, named numpy

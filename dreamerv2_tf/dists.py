@@ -165,6 +165,12 @@ def scalar_normal(mean: tf.Tensor) -> tfd.Distribution:
   return tfd.Independent(tfd.Normal(tf.cast(mean, tf.float32), 1.0), 0)
 
 
+def vector_normal(mean: tf.Tensor) -> tfd.Distribution:
+  """Unit-variance Normal over vectors [..., D] (the explorer's heads; the authors' 'mse' head
+  dist): log_prob sums over D and includes −0.5·ln 2π per dimension; mode = mean."""
+  return tfd.Independent(tfd.Normal(tf.cast(mean, tf.float32), 1.0), 1)
+
+
 def bernoulli(logits: tf.Tensor) -> tfd.Distribution:
   """Bernoulli over scalars [...] from logits (discount head); accepts soft targets in [0, 1]."""
   return tfd.Independent(tfd.Bernoulli(logits=tf.cast(logits, tf.float32), dtype=tf.float32), 0)

@@ -176,20 +176,10 @@ class Translation:
   image_shape: tuple[int, int, int]
 
 
-_PLAN2EXPLORE = 'exploration setting of Plan2Explore; only expl_behavior: greedy is supported'
 _UNUSED_PREFIXES = {
-    'disag_': _PLAN2EXPLORE,
-    'expl_head.': _PLAN2EXPLORE,
-    'expl_opt.': _PLAN2EXPLORE,
-    'expl_reward_norm.': _PLAN2EXPLORE,
     'log_keys_': 'filter of the authors\' logger; this project logs a fixed set of keys',
 }
 _UNUSED_KEYS = {
-    'expl_intr_scale': _PLAN2EXPLORE,
-    'expl_extr_scale': _PLAN2EXPLORE,
-    'expl_model_loss': _PLAN2EXPLORE,
-    'expl_until': 'steps of the exploration behaviour; with expl_behavior greedy it changes '
-                  'nothing',
     'envs_parallel': 'this project runs envs > 1 in worker processes on its own',
     'logdir': 'replaced by --logdir',
     'replay.maxlen': 'episode chunking of the authors\' replay; this replay samples '
@@ -205,7 +195,8 @@ _UNUSED_KEYS = {
 }
 # Authors' keys whose value must be this (no counterpart here: only this value is implemented).
 _REQUIRED = {
-    'rssm.ensemble': (1, 'the prior ensemble is only used by Plan2Explore'),
+    'rssm.ensemble': (1, 'an ensemble of prior heads, of which img_step picks one at random, '
+                      'is not implemented; the authors\' Plan2Explore does not use it'),
     'rssm.norm': ('none', 'no layer norm outside the GRU is implemented'),
     'reward_head.dist': ('mse', 'the reward head is a unit-variance Normal'),
     'discount_head.dist': ('binary', 'the discount head is a Bernoulli'),
@@ -213,9 +204,11 @@ _REQUIRED = {
     'model_opt.opt': ('adam', 'only Adam is implemented'),
     'actor_opt.opt': ('adam', 'only Adam is implemented'),
     'critic_opt.opt': ('adam', 'only Adam is implemented'),
-    'expl_behavior': ('greedy', 'Plan2Explore and random exploration are not implemented; the '
-                      'checkpoint of such a run also holds the explorer\'s variables'),
+    'expl_opt.opt': ('adam', 'only Adam is implemented'),
+    'expl_head.dist': ('mse', 'the explorer\'s heads are unit-variance Normals'),
 }
+# The authors' expl_behavior values (class names in their expl.py) and this project's names.
+_BEHAVIORS = {'greedy': 'greedy', 'Plan2Explore': 'plan2explore', 'ModelLoss': 'model_loss'}
 # Names of vector observations of the authors' environments (Atari `ram`, dm_control
 # proprioception); `mlp_keys` must match none of them, since only images are modelled here.
 _VECTOR_KEY_PROBES = (
@@ -278,7 +271,7 @@ def translate_config(authors: Mapping[str, Any], task: str | None = None,
   Raises:
     AuthorsImportError: a value this project cannot honour (rssm.ensemble > 1, a norm other than
       none, Gaussian latents, vector observations in mlp_keys, no image in cnn_keys, an
-      exploration behaviour other than greedy, another optimiser, an unsupported distribution,
+      Random explorer, another optimiser, an unsupported distribution,
       ...) or a value of the wrong type; the message names the key and the allowed values.
   """
   flat = dict(_flatten(authors))
@@ -295,6 +288,13 @@ def translate_config(authors: Mapping[str, Any], task: str | None = None,
       continue
     if key in _UNUSED_KEYS:
       unused.append((key, value, _UNUSED_KEYS[key]))
+      continue
+    if key == 'expl_behavior':
+      if value not in _BEHAVIORS:
+        raise AuthorsImportError(
+            f'The authors\' config sets expl_behavior: {value!r}; allowed: '
+            f'{", ".join(_BEHAVIORS)} (their Random explorer is not implemented).')
+      updates[key] = _BEHAVIORS[value]
       continue
     prefix = next((p for p in _UNUSED_PREFIXES if key.startswith(p)), None)
     if prefix is not None:
@@ -400,11 +400,11 @@ class _Node:
   def flatten(self, prefix: str = ''):
     # tf.Module._flatten_module: a module's own variables first (sorted attributes; a Keras
     # layer's in creation order), then each sub-module depth-first in sorted (attribute,
-    # dict key) order.
+    # dict key or list index) order; list indices are ints, so 10 sorts after 9.
     for name, shape, dtype in self.variables:
       yield f'{prefix}{name}', shape, dtype
     for key in sorted(self.children):
-      yield from self.children[key].flatten(prefix + '/'.join(key) + '/')
+      yield from self.children[key].flatten(prefix + '/'.join(map(str, key)) + '/')
 
 
 def _dense(n_in, n_out) -> _Node:
@@ -499,22 +499,64 @@ def authors_layout(config: Config, image_shape: Sequence[int], action_size: int 
       ('_modules', 'obs_out'): _dense(rssm.deter + embed, rssm.hidden),
       ('_modules', 'obs_dist'): _dense(rssm.hidden, flat)})
   wm = _Node(children={('encoder',): encoder, **heads, ('rssm',): rssm_node})
-  critic_norm = config.critic.get('norm', 'none')
-  critic = _mlp(feat, config.critic.layers, config.critic.units, 1, norm=critic_norm)
-  ac_children = {
-      ('actor',): _mlp(feat, config.actor.layers, config.actor.units, a, std=not discrete,
-                       norm=config.actor.get('norm', 'none')),
-      ('rewnorm',): _Node([('mag', (), 'float64')])}
-  if config.slow_target:
-    ac_children[('_target_critic',)] = _mlp(feat, config.critic.layers, config.critic.units, 1,
-                                            norm=critic_norm)
-    ac_children[('critic',)] = critic
-  else:
-    ac_children[('_target_critic',)] = critic  # the same object: visited once, first
-  ac = _Node([('_updates', (), 'int32')], ac_children)
-  agent = _Node([('tfstep', (), 'int32')], {('_task_behavior',): ac, ('wm',): wm})
+  ac = _actor_critic_node(config, feat, a, discrete)
+  children = {('_task_behavior',): ac, ('wm',): wm}
+  explorer = _explorer_node(config, feat, a, discrete, flat, embed)
+  if explorer is not None:
+    children[('_expl_behavior',)] = explorer
+  agent = _Node([('tfstep', (), 'int32')], children)
   return [AuthorsVariable(i, path, tuple(shape), dtype)
           for i, (path, shape, dtype) in enumerate(agent.flatten())]
+
+
+def _actor_critic_node(config: Config, feat: int, a, discrete: bool,
+                       with_actor: bool = True) -> _Node:
+  # The authors' ActorCritic: _updates, _target_critic, actor, critic, rewnorm.mag. An
+  # explorer's actor is also its own attribute `actor`, visited there instead (with_actor False).
+  critic_norm = config.critic.get('norm', 'none')
+  critic = _mlp(feat, config.critic.layers, config.critic.units, 1, norm=critic_norm)
+  children = {('rewnorm',): _Node([('mag', (), 'float64')])}
+  if with_actor:
+    children[('actor',)] = _actor_node(config, feat, a, discrete)
+  if config.slow_target:
+    children[('_target_critic',)] = _mlp(feat, config.critic.layers, config.critic.units, 1,
+                                         norm=critic_norm)
+    children[('critic',)] = critic
+  else:
+    children[('_target_critic',)] = critic  # the same object: visited once, first
+  return _Node([('_updates', (), 'int32')], children)
+
+
+def _actor_node(config: Config, feat: int, a, discrete: bool) -> _Node:
+  return _mlp(feat, config.actor.layers, config.actor.units, a, std=not discrete,
+              norm=config.actor.get('norm', 'none'))
+
+
+def _explorer_node(config: Config, feat: int, a, discrete: bool, flat: int,
+                   embed: int) -> _Node | None:
+  """The authors' `_expl_behavior` for Plan2Explore / ModelLoss (None for greedy): its
+  ActorCritic `ac` without the actor, the actor as `actor` (the same object, visited first as
+  the explorer's attribute), then `_networks` (ensemble) and the reward normalisers, or `head`."""
+  behavior = config.expl_behavior
+  if behavior == 'greedy':
+    return None
+  head = config.expl_head
+  children = {('ac',): _actor_critic_node(config, feat, a, discrete, with_actor=False),
+              ('actor',): _actor_node(config, feat, a, discrete)}
+  if behavior == 'plan2explore':
+    size = {'stoch': flat, 'deter': config.rssm.deter, 'feat': feat,
+            'embed': embed}[config.disag_target]
+    n_in = feat
+    if config.disag_action_cond:
+      n_in = None if a is None else feat + a
+    for i in range(int(config.disag_models)):
+      children[('_networks', i)] = _mlp(n_in, head.layers, head.units, size,
+                                         norm=head.get('norm', 'none'))
+    for name in ('extr_rewnorm', 'intr_rewnorm'):
+      children[(name,)] = _Node([('mag', (), 'float64')])
+  else:
+    children[('head',)] = _mlp(feat, head.layers, head.units, 1, norm=head.get('norm', 'none'))
+  return _Node(children=children)
 
 
 ACTOR_OUT_BIAS = '_task_behavior/actor/_modules/out/_modules/out/bias'
@@ -603,6 +645,32 @@ def _mlp_targets(prefix: str, mlp) -> dict[str, list]:
   return out
 
 
+def _actor_critic_targets(prefix: str, actor_prefix: str, ac) -> dict[str, list]:
+  targets = {f'{prefix}/_updates': [ac.updates], f'{prefix}/rewnorm/mag': [ac.reward_norm.mag]}
+  critic = _mlp_targets(f'{prefix}/critic', ac.critic)
+  target = _mlp_targets(f'{prefix}/_target_critic', ac.target_critic)
+  if not ac.slow_target:
+    target = {k: target[k] + critic[k.replace('_target_critic', 'critic')] for k in target}
+  targets.update(_mlp_targets(actor_prefix, ac.actor))
+  targets.update(critic)
+  targets.update(target)
+  return targets
+
+
+def _explorer_targets(explorer) -> dict[str, list]:
+  """The authors' `_expl_behavior/...` paths onto this project's explorer (expl.py)."""
+  prefix = '_expl_behavior'
+  targets = _actor_critic_targets(f'{prefix}/ac', f'{prefix}/actor', explorer.ac)
+  if hasattr(explorer, 'intr_norm'):  # Plan2Explore
+    for i, head in enumerate(explorer.heads):
+      targets.update(_mlp_targets(f'{prefix}/_networks/{i}', head))
+    targets[f'{prefix}/intr_rewnorm/mag'] = [explorer.intr_norm.mag]
+    targets[f'{prefix}/extr_rewnorm/mag'] = [explorer.extr_norm.mag]
+  else:  # ModelLoss
+    targets.update(_mlp_targets(f'{prefix}/head', explorer.head))
+  return targets
+
+
 def variable_targets(agent, step) -> dict[str, list]:
   """{authors' path: [this project's variables that receive it]} ([] = dropped).
 
@@ -610,17 +678,11 @@ def variable_targets(agent, step) -> dict[str, list]:
   authors' critic (visited as `_target_critic`) fills both the critic and the (unused) target
   critic here.
   """
-  wm, ac = agent.wm, agent.ac
-  targets = {'tfstep': [step], '_task_behavior/_updates': [ac.updates],
-             '_task_behavior/rewnorm/mag': [ac.reward_norm.mag]}
-  actor = _mlp_targets('_task_behavior/actor', ac.actor)
-  critic = _mlp_targets('_task_behavior/critic', ac.critic)
-  target = _mlp_targets('_task_behavior/_target_critic', ac.target_critic)
-  if not ac.slow_target:
-    target = {k: target[k] + critic[k.replace('_target_critic', 'critic')] for k in target}
-  targets.update(actor)
-  targets.update(critic)
-  targets.update(target)
+  wm = agent.wm
+  targets = {'tfstep': [step]}
+  targets.update(_actor_critic_targets('_task_behavior', '_task_behavior/actor', agent.ac))
+  if agent.expl is not None:
+    targets.update(_explorer_targets(agent.expl))
   for i, (conv, norm) in enumerate(zip(wm.encoder.convs, wm.encoder.norms)):
     targets[f'wm/encoder/_modules/conv{i}/kernel'] = [conv.kernel]
     targets[f'wm/encoder/_modules/conv{i}/bias'] = [conv.bias]

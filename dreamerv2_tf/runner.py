@@ -105,8 +105,11 @@ def episode_scalars(mode: str, stats: Mapping[str, float]) -> dict[str, float]:
   return out
 
 
-def agent_policy(agent: Any, mode: str):
+def agent_policy(agent: Any, mode: str, step: Callable[[], int] | None = None):
   """Adapts `agent.policy` to the driver: numpy in, numpy float32 actions [N, A] out.
+
+  `step()` (optional) gives the current agent step, which decides `expl_until` (the agent's own
+  step variable is only brought up to date at updates and checkpoints).
 
   Raises:
     faults.NonFiniteError: the agent refused to act on a non-finite latent or actor output
@@ -116,7 +119,8 @@ def agent_policy(agent: Any, mode: str):
     if state is None:
       state = agent.initial_state(len(obs['is_first']))
     try:
-      outputs, state = agent.policy(obs, state, mode)
+      kwargs = {} if step is None else {'step': step()}
+      outputs, state = agent.policy(obs, state, mode, **kwargs)
     except FloatingPointError as e:
       updates = int(agent.updates.numpy())
       raise faults.NonFiniteError(
@@ -349,7 +353,7 @@ class Runner:
     self.mixed = keras.mixed_precision.global_policy().name == 'mixed_float16'
     policy = keras.mixed_precision.global_policy().name
     self.worker = Worker(setup=lambda: keras.mixed_precision.set_global_policy(policy))
-    self.train_policy = agent_policy(self.agent, 'train')
+    self.train_policy = agent_policy(self.agent, 'train', lambda: self.step)
     self.eval_policy = agent_policy(self.agent, 'eval')
     policy_seed = int(np.random.SeedSequence([self.run_seed % 2**32, 2]).generate_state(1)[0])
     self.prefill_rng = np.random.default_rng(policy_seed)

@@ -9,7 +9,8 @@ is created, TensorFlow loads or an environment starts:
 - the task (suite, Atari game, DMC domain and task; envs.check_task, no dm_control import);
 - sizes and counts: positive (`dataset.batch`, `rssm.deter`, ...) or non-negative (`seed`,
   `prefill`, `time_limit`, `log_every`, ...), in agent steps where they are step counts;
-- choices: `precision` 16/32/'bf16', `actor.dist`, `actor_grad`, `clip_rewards`, `grad_heads`;
+- choices: `precision` 16/32/'bf16', `actor.dist`, `actor_grad`, `clip_rewards`, `grad_heads`,
+  `expl_behavior`, `disag_target`, `expl_model_loss`; `disag_offset` below `dataset.length`;
 - schedules (`actor_ent`, `actor_grad_mix`) parse (schedule.parse);
 - `render_size` is two positive ints; floats are finite and in range (`discount` in (0, 1],
   learning rates > 0, ...);
@@ -36,7 +37,8 @@ POSITIVE_INTS = (
     'env_max_failures', 'replay.capacity', 'replay.minlen', 'dataset.batch', 'dataset.length',
     'rssm.hidden', 'rssm.deter', 'rssm.stoch', 'rssm.discrete',
     'encoder.cnn_depth', 'decoder.cnn_depth', 'reward_head.units', 'discount_head.units',
-    'actor.units', 'critic.units', 'imag_horizon', 'slow_target_update')
+    'actor.units', 'critic.units', 'imag_horizon', 'slow_target_update', 'disag_models',
+    'expl_head.units')
 # Keys where 0 is meaningful (none, disabled, never) and only negatives are wrong.
 NON_NEGATIVE_INTS = {
     'seed': 'seeds are non-negative integers',
@@ -49,6 +51,9 @@ NON_NEGATIVE_INTS = {
     'cpu_devices': '0 or 1 keep the CPU whole, N >= 2 splits it into N logical devices',
     'reward_head.layers': 'hidden layers', 'discount_head.layers': 'hidden layers',
     'actor.layers': 'hidden layers', 'critic.layers': 'hidden layers',
+    'expl_head.layers': 'hidden layers',
+    'expl_until': '0 lets the explorer act for the whole run',
+    'disag_offset': '0 predicts the same step',
 }
 CHOICES = {
     'precision': (16, 32, 'bf16'),
@@ -57,8 +62,11 @@ CHOICES = {
     'clip_rewards': ('tanh', 'identity'),
     'gym_image': ('obs', 'render'),
     'strategy': ('default', 'mirrored', 'multi_worker'),
+    'expl_behavior': ('greedy', 'plan2explore', 'model_loss', 'Plan2Explore', 'ModelLoss'),
+    'disag_target': ('stoch', 'deter', 'feat', 'embed'),
+    'expl_model_loss': ('kl',),
     **{f'{net}.norm': ('none', 'layer') for net in (
-        'encoder', 'decoder', 'reward_head', 'discount_head', 'actor', 'critic')},
+        'encoder', 'decoder', 'reward_head', 'discount_head', 'actor', 'critic', 'expl_head')},
 }
 SCHEDULES = ('actor_ent', 'actor_grad_mix')
 GRAD_HEADS = ('decoder', 'reward', 'discount')
@@ -73,6 +81,8 @@ FLOAT_RANGES = {
     'model_opt.lr': (0.0, None, False, False),
     'actor_opt.lr': (0.0, None, False, False),
     'critic_opt.lr': (0.0, None, False, False),
+    'expl_opt.lr': (0.0, None, False, False),
+    'expl_reward_norm.momentum': (0.0, 1.0, True, True),
     'actor.min_std': (0.0, None, True, False),
     'progress_every_s': (0.0, None, True, False),
 }
@@ -179,6 +189,11 @@ def _check_lengths(config: Mapping[str, Any]) -> None:
     raise ConfigError(
         f"Config key 'dataset.length' is {length}; training sequences need at least 2 "
         'transitions (the world model learns from what follows the first row).')
+  offset = int(config['disag_offset'])
+  if config['expl_behavior'] in ('plan2explore', 'Plan2Explore') and offset >= length:
+    raise ConfigError(
+        f"Config key 'disag_offset' is {offset}; it must be below dataset.length ({length}) so "
+        'that the ensemble has a target for some step of each sequence.')
   if limit > 0 and minlen > limit:
     raise ConfigError(
         f"Config key 'replay.minlen' is {minlen} agent steps, but with time_limit {limit} every "

@@ -27,6 +27,36 @@ import tempfile
 REPO = pathlib.Path(__file__).resolve().parents[1]
 GENERATOR = REPO.parent / 'shared' / 'parity_fixtures' / 'make_fixture.py'
 
+# Fixtures with an explorer: the shared generator knows only the task behaviour. These patches
+# of its copy create the explorer's variables with forward passes (the Plan2Explore ensemble on
+# features and action, ModelLoss's head, the explorer's actor and critics on features), record
+# the explorer's reward on the forward imagined trajectory, and accept the explorer's three
+# extra gradient calls (heads, actor, critic) per update; its metrics (expl_*) and variables
+# after each update are then recorded like the task behaviour's. No Adam state of the
+# explorer exists before the updates (--train-metrics 0), so they start fresh like the others.
+EXPLORER_ARGS = ['--kind', 'discrete', '--updates', '2', '--reload-checks', '0',
+                 '--train-metrics', '0']
+EXPLORER_PATCH = [
+    ("  beh._target_critic(feat)\n",
+     "  beh._target_critic(feat)\n"
+     "  explorer = agnt._expl_behavior\n"
+     "  if explorer is not beh:\n"
+     "    ens_in = feat\n"
+     "    if agnt.config.disag_action_cond:\n"
+     "      ens_in = tf.concat([feat, tf.cast(pre['action'][:, 0], feat.dtype)], -1)\n"
+     "    for member in getattr(explorer, '_networks', []):\n"
+     "      member(ens_in)\n"
+     "    if hasattr(explorer, 'head'):\n"
+     "      explorer.head(feat)\n"
+     "    for net in (explorer.ac.actor, explorer.ac.critic, explorer.ac._target_critic):\n"
+     "      net(feat)\n"),
+    ("  out['critic_mode_mean'] = mets4['critic']\n",
+     "  out['critic_mode_mean'] = mets4['critic']\n"
+     "  if agnt._expl_behavior is not beh:\n"
+     "    out['expl_intr_reward'] = agnt._expl_behavior._intr_reward(seq)\n"),
+    ("      assert len(records) == 3, len(records)",
+     "      assert len(records) in (3, 6), len(records)")]
+
 FIXTURES = {
     'update_continuous_seed1': dict(
         args=['--kind', 'continuous', '--seed', '1', '--actions', '3', '--updates', '3'],
@@ -62,6 +92,32 @@ FIXTURES = {
   beh.rewnorm.mag.assign(_mag_before)  # forward outputs leave the weights unchanged
   out['imag_reward_normed'] = seq['reward']"""),
         what='Atari config with reward_norm momentum 0.9, scale 2 (StreamNorm)'),
+    'update_plan2explore_seed7': dict(
+        args=EXPLORER_ARGS + ['--seed', '7'],
+        sizes={'expl_behavior': 'Plan2Explore', 'disag_models': 3, 'expl_head.layers': 2,
+               'expl_head.units': 12, 'encoder.cnn_depth': 2, 'decoder.cnn_depth': 2},
+        drop=[],
+        patch=EXPLORER_PATCH,
+        what='Atari config with expl_behavior plan2explore (3 ensemble members, 2x12 heads)'),
+    'update_plan2explore_deter_seed9': dict(
+        args=EXPLORER_ARGS + ['--seed', '9'],
+        sizes={'expl_behavior': 'Plan2Explore', 'disag_models': 4, 'disag_target': 'deter',
+               'disag_log': True, 'disag_action_cond': False, 'disag_offset': 2,
+               'expl_intr_scale': 2.0, 'expl_extr_scale': 0.5, 'expl_head.layers': 1,
+               'expl_head.units': 10, 'encoder.cnn_depth': 2, 'decoder.cnn_depth': 2},
+        drop=[],
+        patch=EXPLORER_PATCH,
+        what='Atari config with plan2explore predicting deter 2 steps ahead without the action, '
+             'log disagreement, intrinsic scale 2 plus extrinsic 0.5'),
+    'update_modelloss_seed8': dict(
+        args=EXPLORER_ARGS + ['--seed', '8'],
+        sizes={'expl_behavior': 'ModelLoss', 'expl_intr_scale': 2.0, 'expl_extr_scale': 0.5,
+               'expl_head.layers': 2, 'expl_head.units': 12, 'encoder.cnn_depth': 2,
+               'decoder.cnn_depth': 2},
+        drop=[],
+        patch=EXPLORER_PATCH,
+        what='Atari config with expl_behavior model_loss (a head predicts the KL), intrinsic '
+             'scale 2 plus extrinsic 0.5'),
 }
 
 NOTE = """<!-- Provenance (added by this project, scripts/make_fixtures.py): made by
@@ -79,13 +135,15 @@ def make(name: str, spec: dict, python: str) -> None:
     out = pathlib.Path(tmp) / name
     generator = GENERATOR
     if spec.get('patch'):  # a patched copy of the shared generator, in the temporary folder
-      old, new = spec['patch']
+      patches = spec['patch'] if isinstance(spec['patch'], list) else [spec['patch']]
       text = GENERATOR.read_text()
-      if text.count(old) != 1:
-        raise SystemExit(f'make_fixtures: error: {GENERATOR} changed; the patch for {name} '
-                         'no longer applies.')
+      for old, new in patches:
+        if text.count(old) != 1:
+          raise SystemExit(f'make_fixtures: error: {GENERATOR} changed; a patch for {name} '
+                           'no longer applies.')
+        text = text.replace(old, new)
       generator = pathlib.Path(tmp) / GENERATOR.name
-      generator.write_text(text.replace(old, new))
+      generator.write_text(text)
     command = [python, str(generator), *spec['args'], '--sizes', json.dumps(spec['sizes']),
                '--out', str(out)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)

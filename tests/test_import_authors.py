@@ -232,7 +232,9 @@ def test_translation_copies_values_and_reports_unused_keys():
   assert config.slow_target_fraction == 1.0 and config.model_opt.lr == 2e-4
   assert translation.discrete and translation.image_shape == (64, 64, 1)
   unused = {key for key, _, _ in translation.unused}
-  for key in ('disag_models', 'expl_head.units', 'log_keys_video', 'encoder.mlp_layers',
+  assert config.disag_models == 10 and config.expl_head.units == 400  # copied (expl.py)
+  assert config.expl_behavior == 'greedy' and config.expl_until == 0
+  for key in ('log_keys_video', 'encoder.mlp_layers',
               'loss_scales.proprio', 'replay.maxlen', 'envs_parallel', 'rssm.std_act'):
     assert key in unused
   assert 'rssm.deter' not in unused and 'rssm.ensemble' not in unused
@@ -242,7 +244,10 @@ def test_translation_copies_values_and_reports_unused_keys():
 @pytest.mark.parametrize('key, value, message', [
     ('rssm.ensemble', 2, "rssm.ensemble: 2; only 1 can be imported"),
     ('rssm.norm', 'layer', "rssm.norm: 'layer'; only 'none'"),
-    ('expl_behavior', 'Plan2Explore', "expl_behavior: 'Plan2Explore'; only 'greedy'"),
+    ('expl_behavior', 'Random', "expl_behavior: 'Random'; allowed: greedy, Plan2Explore, "
+     "ModelLoss"),
+    ('expl_opt.opt', 'sgd', "expl_opt.opt: 'sgd'; only 'adam'"),
+    ('expl_head.dist', 'normal', "expl_head.dist: 'normal'; only 'mse'"),
     ('encoder.mlp_keys', '.*', "encoder.mlp_keys: '.*', which matches vector observations"),
     ('decoder.cnn_keys', '$^', "decoder.cnn_keys: '$^', which does not match 'image'"),
     ('rssm.discrete', False, 'only categorical latents'),
@@ -274,7 +279,7 @@ def test_import_writes_a_checkpoint_that_restores_to_the_same_outputs(tmp_path, 
           '--task', 'atari_pong', '--logdir', str(logdir)]
   assert ia.main(argv) == 0  # builds Pong once to check the 6 actions
   out = capsys.readouterr().out
-  assert 'disag_models: 10' in out and 'Environment check: atari_pong: 6 discrete' in out
+  assert 'envs_parallel' in out and 'Environment check: atari_pong: 6 discrete' in out
   assert f'Continue training: {ia._python()} train.py --task atari_pong' in out
   assert 'python' in ia._python()
   assert (logdir / 'config.yaml').exists()
@@ -331,3 +336,29 @@ def test_import_takes_step_and_updates_from_the_checkpoint(tmp_path):
   assert imported.agent.ac.actor.std is not None and imported.agent.action_size == 3
   assert imported.translation.config.task == 'dmc_walker_walk'
   assert imported.translation.config.pred_discount is False
+
+
+PLAN2EXPLORE = REPO / 'tests' / 'fixtures' / 'update_plan2explore_seed7'
+
+
+def test_plan2explore_layout_matches_the_authors_variables_json():
+  folder = _need(PLAN2EXPLORE)
+  translation = ia.translate_config(_authors_config(folder))
+  assert translation.config.expl_behavior == 'plan2explore'
+  layout = ia.authors_layout(translation.config, translation.image_shape, 6, True)
+  ia.check_variables_json(layout, folder / 'variables.json')
+  # The explorer's actor is visited as its own attribute, after the actor-critic's critic.
+  paths = [e.path for e in layout]
+  assert paths.index('_expl_behavior/actor/_modules/dense0/kernel') > paths.index(
+      '_expl_behavior/ac/rewnorm/mag')
+  assert not any(p.startswith('_expl_behavior/ac/actor/') for p in paths)
+
+
+def test_ensemble_members_are_ordered_by_number_like_tf_module():
+  config = _authors_config(_need(PLAN2EXPLORE))
+  config['disag_models'] = 12
+  translation = ia.translate_config(config)
+  layout = ia.authors_layout(translation.config, translation.image_shape, 6, True)
+  members = [e.path.split('/')[2] for e in layout
+             if e.path.startswith('_expl_behavior/_networks/')]
+  assert list(dict.fromkeys(members)) == [str(i) for i in range(12)]  # 10 after 9, not after 1

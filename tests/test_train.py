@@ -632,3 +632,46 @@ def test_sigint_saves_a_checkpoint(tmp_path):
   assert path.endswith(f'ckpt-{stopped}')
   assert after['step'] == stopped > before['step']
   assert after['updates'] >= before['updates'] and after['iterations'] == [after['updates']] * 3
+
+
+@pytest.mark.slow
+def test_plan2explore_run_logs_the_explorer_and_resumes_it_after_sigkill(tmp_path):
+  """expl_behavior: plan2explore end to end (issue 13): the explorer's metrics are logged, its
+  ensemble, actor, critic and optimisers are in the checkpoint, and a restart after SIGKILL
+  continues their counters from it (an unrestored explorer would count its updates from 0)."""
+  from dreamerv2_tf.checkpoint import read_variables
+  logdir = tmp_path / 'run'
+  steps = 1600
+  args = train_args(logdir, f'--steps={steps}', '--eval_every=100000',
+                    '--expl_behavior=plan2explore', '--expl_until=1000')
+  proc = _start(args)
+  try:
+    _wait_for(lambda: _trained_after_checkpoint(logdir), proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+  finally:
+    proc.kill()
+  path, before = latest_checkpoint(logdir)
+  assert before['updates'] > 0 and before['iterations'] == [before['updates']] * 6
+  saved = read_variables(path)
+  for key in ('agent/expl/disag9/out/bias', 'agent/expl/ac/actor/out/bias',
+              'agent/expl/ac/target_critic/out/bias', 'agent/expl/intr_norm/mag'):
+    assert f'{key}/.ATTRIBUTES/VARIABLE_VALUE' in saved, key
+  assert int(saved['agent/expl/ac/updates/.ATTRIBUTES/VARIABLE_VALUE']) == before['updates']
+
+  result = run_tool(args, timeout=600)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  assert f'Resumed from {path}: agent step {before["step"]:,}' in result.stdout
+  _, after = latest_checkpoint(logdir)
+  prefill_end = math.ceil(DEBUG['prefill'] / DEBUG['time_limit']) * DEBUG['time_limit']
+  updates = expected_updates(steps, prefill_end)
+  assert after['step'] == steps and after['updates'] == updates
+  assert after['iterations'] == [updates] * 6  # model, actor, critic, expl, expl actor, critic
+  final = read_variables(latest_checkpoint(logdir)[0])
+  assert int(final['agent/expl/ac/updates/.ATTRIBUTES/VARIABLE_VALUE']) == updates
+  intervals = [r for r in read_metrics(logdir) if 'model_loss' in r]
+  assert intervals and any(r['step'] > before['step'] * REPEAT for r in intervals)
+  for r in intervals:
+    for key in ('expl_expl_loss', 'expl_expl_grad_norm', 'expl_actor_loss', 'expl_critic_loss',
+                'expl_reward_mean'):
+      assert math.isfinite(r[key]), (key, r)

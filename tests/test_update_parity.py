@@ -105,6 +105,8 @@ def test_tolerance_exceptions_are_only_the_documented_ones():
   assert authors.update_tolerance('u3.adam.model.m.033')[0] == authors.TOLERANCE
   assert authors.update_tolerance('u1.var.058', 'wm/rssm/_modules/img_in/bias')[0] == 1e-4
   assert authors.update_tolerance('u1.var.057', 'wm/rssm/_modules/img_in/kernel')[0] == 1e-5
+  assert authors.update_tolerance('u1.metric.expl_critic')[0] == 2e-4
+  assert authors.update_tolerance('u1.metric.critic')[0] == authors.TOLERANCE
 
 
 KL_HALF = FIXTURES / 'update_klbalance05_seed2'
@@ -142,3 +144,57 @@ def test_setting_fixtures_forward_and_updates(folder):
     # StreamNorm's magnitude moved away from 1 (momentum 0.9) exactly as the authors'.
     mag = [k for k, p in result['paths'].items() if p.endswith('rewnorm/mag')][0]
     assert result['arrays'][f'u1.var.{mag:03d}'] != 1.0
+
+
+PLAN2EXPLORE = FIXTURES / 'update_plan2explore_seed7'
+
+
+def test_plan2explore_fixture_matches_the_authors():
+  """expl_behavior: Plan2Explore (3 ensemble members): the import places the explorer's 40
+  variables (ensemble, actor, critic, target critic, counters, reward normalisers) in the
+  authors' order; its intrinsic reward (the ensemble's disagreement) on the fixture's imagined
+  trajectory and two whole updates (task behaviour, then ensemble, explorer actor and critic)
+  agree with the authors' within the tolerances."""
+  forward = authors.check_fixture(PLAN2EXPLORE, with_train=False)
+  assert forward['passed'], (forward['worst'], forward['max_rel_error'])
+  assert forward['errors']['expl_intr_reward'] <= 1e-6
+  result = authors.check_updates(PLAN2EXPLORE)
+  print(authors.format_updates(result, PLAN2EXPLORE))
+  assert not result['missing'] and result['updates'] == 2
+  assert result['passed'], result['failed']
+  paths = result['paths']
+  explorer = [i for i, p in paths.items() if p.startswith('_expl_behavior/')]
+  assert len(explorer) == 40 and len(paths) == 105
+  errors = result['errors']
+  for u in (1, 2):
+    for index in explorer:
+      assert errors[f'u{u}.var.{index:03d}'] <= 1e-4
+    for name in ('expl_loss', 'expl_grad_norm', 'actor_loss', 'critic_loss', 'reward_mean'):
+      assert errors[f'u{u}.metric.expl_{name}'] <= authors.TOLERANCE, name
+  # The ensemble and the explorer's actor and critic really moved (not vacuous).
+  first = [i for i, p in paths.items() if p.startswith('_expl_behavior/_networks/0/')][0]
+  actor = [i for i, p in paths.items() if p == '_expl_behavior/actor/_modules/dense0/kernel'][0]
+  for index in (first, actor):
+    assert not np.array_equal(result['arrays'][f'u1.var.{index:03d}'],
+                              result['arrays'][f'u2.var.{index:03d}'])
+
+
+EXPLORER_SETTINGS = [FIXTURES / 'update_plan2explore_deter_seed9',
+                     FIXTURES / 'update_modelloss_seed8']
+
+
+@pytest.mark.parametrize('folder', EXPLORER_SETTINGS, ids=lambda p: p.name)
+def test_explorer_setting_fixtures_match_the_authors(folder):
+  """Plan2Explore predicting deter two steps ahead without the action, log disagreement,
+  intrinsic scale 2 plus extrinsic 0.5 (both reward normalisers); ModelLoss (a head regresses
+  the world model's KL; its prediction, scaled 2, plus 0.5 extrinsic is the reward)."""
+  forward = authors.check_fixture(folder, with_train=False)
+  assert forward['passed'], (forward['worst'], forward['max_rel_error'])
+  assert forward['errors']['expl_intr_reward'] <= 1e-5
+  result = authors.check_updates(folder)
+  print(authors.format_updates(result, folder))
+  assert not result['missing'] and result['updates'] == 2
+  assert result['passed'], result['failed']
+  for u in (1, 2):
+    for name in ('expl_loss', 'actor_loss', 'critic_loss', 'reward_mean'):
+      assert result['errors'][f'u{u}.metric.expl_{name}'] <= authors.TOLERANCE, name
