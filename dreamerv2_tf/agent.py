@@ -186,7 +186,7 @@ class Agent(tf.Module):
     rssm = self.wm.rssm
     return {
         'deter': tf.zeros([batch, rssm.deter], tf.float32),
-        'stoch': tf.zeros([batch, rssm.stoch, rssm.classes], tf.float32),
+        'stoch': tf.zeros([batch, *rssm.stoch_shape], tf.float32),
         'prev_action': tf.zeros([batch, self.action_size], tf.float32),
     }
 
