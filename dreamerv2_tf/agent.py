@@ -9,7 +9,7 @@ Usage (see loop.py):
     metrics = agent.train(batch)                               # batch: {key: [B, T, ...]}
 
 The policy state is a flat dict `{'deter': [B, D], 'stoch': [B, S, K], 'prev_action': [B, A]}`
-(float32), the same tensors the exported SavedModel takes and returns. The agent is a
+(float32; `stoch` [B, S] for Gaussian latents, `rssm.discrete: 0`), the same tensors the exported SavedModel takes and returns. The agent is a
 `tf.Module`: `tf.train.Checkpoint(agent=agent)` saves every variable, the optimisers' slots,
 loss scales and `agent.updates` included (SPEC.md §5, §6, §8). `agent.variables` and
 `agent.trainable_variables` list every variable exactly once (tf.Module alone does not see

@@ -237,8 +237,9 @@ class WorldModel(tf.Module):
       sample / action_sample: sample latents / actions (False: modes; used by tests and the
         parity check).
     Returns:
-      time-major dict of [H + 1, N, ...]: deter, stoch, logit, feat, action (action[t] led to
-      state t), discount (row 0 = γ·(1 − is_terminal)), weight = Π_{k<t} discount_k.
+      time-major dict of [H + 1, N, ...]: the RSSM state's keys (deter, stoch, and logit or
+      mean and std), feat, action (action[t] led to state t), discount (row 0 =
+      γ·(1 − is_terminal)), weight = Π_{k<t} discount_k.
     """
     flat = lambda x: tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], 0))
     state = {k: flat(v) for k, v in start.items()}
