@@ -8,8 +8,11 @@ the authors' environment; it imports their package and records what their own `A
 computes) with the options below, written to a temporary folder, then copied into
 tests/fixtures/NAME without the files listed in `drop` (to keep the repository small: e.g. the
 continuous fixture's forward outputs, already covered by tests/fixtures/continuous_seed1) and with
-a provenance note prepended to its README.md. Nothing of the authors' code is copied: only the
-numbers their code produced.
+a provenance note prepended to its README.md. Where the generator cannot record a setting as it
+stands, the fixture's `patch` lists text replacements (old, new, expected count) applied to a
+temporary copy of it (StreamNorm's magnitude; Gaussian latents, GAUSSIAN_PATCH); the run stops if
+the generator changed so that one no longer applies. Nothing of the authors' code is copied: only
+the numbers their code produced.
 
 Exit status 1 (and the generator's output) when a generator run fails.
 """
