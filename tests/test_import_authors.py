@@ -256,6 +256,7 @@ def test_translation_copies_values_and_reports_unused_keys():
   for key in ('rssm.deter', 'rssm.ensemble', 'rssm.std_act', 'rssm.min_std', 'rssm.norm'):
     assert key not in unused
   assert (config.rssm.std_act, config.rssm.min_std, config.rssm.norm) == ('sigmoid2', 0.1, 'none')
+  assert any(note.startswith('atari_sticky: 0.25') for note in translation.notes)
 
 
 def test_translation_takes_gaussian_latents_and_rssm_norm():
@@ -264,7 +265,6 @@ def test_translation_takes_gaussian_latents_and_rssm_norm():
   config = ia.translate_config(authors).config
   assert config.rssm.discrete == 0 and not isinstance(config.rssm.discrete, bool)
   assert (config.rssm.std_act, config.rssm.min_std, config.rssm.norm) == ('softplus', 0.2, 'layer')
-  assert any(note.startswith('atari_sticky: 0.25') for note in translation.notes)
 
 
 @pytest.mark.parametrize('key, value, message', [
