@@ -274,11 +274,6 @@ class RSSM(keras.layers.Layer):
     self.obs_dist = _dense(stats, hidden, name='obs_dist')
 
   @property
-  def discrete(self) -> bool:
-    """True for categorical latents, False for Gaussian ones."""
-    return bool(self.classes)
-
-  @property
   def stoch_shape(self) -> tuple[int, ...]:
     """Shape of one `stoch` sample: (S, K) categorical, (S,) Gaussian."""
     return (self.stoch, self.classes) if self.classes else (self.stoch,)
