@@ -56,7 +56,11 @@ def tree(path: pathlib.Path) -> list[str]:
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
   logdir = tmp_path_factory.mktemp('run')
-  agent, config = make_run(logdir)
+  # Keras draws the initial weights from its global seed: fixed here, so that whether the
+  # policy depends on the frames (the Pong test) does not depend on which tests ran before in
+  # the process; at scale 0.1 some seeds give a constant policy, 0.5 as in test_serving.
+  keras.utils.set_random_seed(0)
+  agent, config = make_run(logdir, scale=0.5)
   return logdir, agent, config
 
 
