@@ -32,7 +32,11 @@ STEPS = 200
 def make_run(logdir: pathlib.Path, seed: int = 0, step: int = 1234, scale: float = 0.1):
   """A training-run directory as the loop leaves it: config.yaml and a checkpoint (agent, step,
   TF generator, host state) of a debug-size Pong agent with `eval_state_mean: True`. The
-  weights are perturbed (biases included) so that nothing equals its initial value."""
+  weights are perturbed (biases included) so that nothing equals its initial value. Keras' global
+  seed is set to `seed` first: the initial weights, and so whether the policy depends on the
+  frames, do not change from one process or test order to the next (unseeded, scale 0.5 still
+  gave a constant policy now and then)."""
+  keras.utils.set_random_seed(seed)
   config = load_config(['atari', 'debug'], {'eval_state_mean': True, 'seed': seed})
   step_var = tf.Variable(step, dtype=tf.int64, trainable=False, name='agent_step')
   agent = Agent(config, PONG_OBS, PONG_ACT, step_var)
@@ -56,11 +60,7 @@ def tree(path: pathlib.Path) -> list[str]:
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
   logdir = tmp_path_factory.mktemp('run')
-  # Keras draws the initial weights from its global seed: fixed here, so that whether the
-  # policy depends on the frames (the Pong test) does not depend on which tests ran before in
-  # the process; at scale 0.1 some seeds give a constant policy, 0.5 as in test_serving.
-  keras.utils.set_random_seed(0)
-  agent, config = make_run(logdir, scale=0.5)
+  agent, config = make_run(logdir, scale=0.5)  # at scale 0.1 the Pong policy was constant
   return logdir, agent, config
 
 
