@@ -9,9 +9,10 @@ Usage (see loop.py):
     metrics = agent.train(batch)                               # batch: {key: [B, T, ...]}
 
 The policy state is a flat dict `{'deter': [B, D], 'stoch': [B, S, K], 'prev_action': [B, A]}`
-(float32), the same tensors the exported SavedModel takes and returns. The agent is a
-`tf.Module`: `tf.train.Checkpoint(agent=agent)` saves every variable, the optimisers' slots,
-loss scales and `agent.updates` included (SPEC.md §5, §6, §8). `agent.variables` and
+(float32; `stoch` [B, S] for Gaussian latents, `rssm.discrete: 0`), the same tensors the
+exported SavedModel takes and returns. The agent is a `tf.Module`:
+`tf.train.Checkpoint(agent=agent)` saves every variable, the optimisers' slots, loss scales and
+`agent.updates` included (SPEC.md §5, §6, §8). `agent.variables` and
 `agent.trainable_variables` list every variable exactly once (tf.Module alone does not see
 Keras 3 layers); `build_parts` creates all layers and optimisers, so constructing the Agent
 inside a `tf.distribute` strategy's scope (`scope=strategy.scope()`) places all of them.
@@ -196,7 +197,7 @@ class Agent(tf.Module):
     rssm = self.wm.rssm
     return {
         'deter': tf.zeros([batch, rssm.deter], tf.float32),
-        'stoch': tf.zeros([batch, rssm.stoch, rssm.classes], tf.float32),
+        'stoch': tf.zeros([batch, *rssm.stoch_shape], tf.float32),
         'prev_action': tf.zeros([batch, self.action_size], tf.float32),
     }
 

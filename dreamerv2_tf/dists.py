@@ -9,6 +9,7 @@ their parameters with `tf.cast(x, tf.float32)` first (mixed float16 would break
   (inherited from `tfd.OneHotCategorical`), `log_prob` without gradient into the event.
 - `TruncNormalDist`: the continuous actor's truncated normal on [−1, 1] whose samples are
   clipped into (−1 + 1e-6, 1 − 1e-6) with a straight-through gradient.
+- `NormalDist`: the Normal of Gaussian RSSM latents, reparameterised samples mean + std·ε.
 - `image_dist`, `scalar_normal`, `bernoulli`: the heads' unit-variance Normal and Bernoulli.
 - `mode_draws()`: the checking switch (`deterministic_check`) under which every draw of these
   distributions returns its mode while the straight-through terms around it stay.
@@ -34,7 +35,8 @@ def mode_draws(enabled: bool = True):
   The checking tool behind the config key `deterministic_check` (README, "Deterministic
   updates"): `OneHotDist.sample` draws one_hot(argmax(logits)) (ties: lowest index) and
   `TruncNormalDist.sample` draws clip(loc, low, high) with d draw / d loc = 1 and no path to the
-  scale; everything the samplers add around the draw is kept (the one-hot straight-through term
+  scale; `NormalDist.sample` draws its mean (ε = 0: d draw / d mean = 1, d draw / d std = 0);
+  everything the samplers add around the draw is kept (the one-hot straight-through term
   probs − sg(probs), the truncated normal's clip into (low + 1e-6, high − 1e-6)). This is the
   semantics of the authors' update fixtures (tests/fixtures/update_*/README.md, "The
   deterministic switch"). Nested blocks restore the outer setting. Never used in training.
@@ -141,6 +143,69 @@ class TruncNormalDist(tfd.TruncatedNormal):
       clipped = tf.clip_by_value(event, low, high)
       event = event - tf.stop_gradient(event) + tf.stop_gradient(clipped)
     return event
+
+
+class NormalDist(tfd.Normal):
+  """Normal with reparameterised samples that `mode_draws` turns into the mean.
+
+  Args:
+    loc, scale: float tensors [...] (any precision); cast to float32.
+
+  `sample()` is TFP's loc + scale·ε, ε ~ N(0, 1) (gradients to both parameters); inside
+  `mode_draws()` it is loc broadcast to the draw's shape: the authors' draw with ε = 0, so
+  d draw / d loc = 1 and d draw / d scale = 0.
+  """
+
+  def __init__(self, loc, scale, validate_args=False, allow_nan_stats=True,
+               name='NormalDist'):
+    parameters = dict(locals())
+    super().__init__(tf.cast(loc, tf.float32), tf.cast(scale, tf.float32),
+                     validate_args=validate_args, allow_nan_stats=allow_nan_stats, name=name)
+    self._parameters = parameters
+
+  @classmethod
+  def _parameter_properties(cls, dtype, num_classes=None):
+    return tfd.Normal._parameter_properties(dtype, num_classes)
+
+  def sample(self, sample_shape=(), seed=None, name='sample', **kwargs):
+    if drawing_modes():
+      return _broadcast_draw(self.loc + tf.zeros_like(self.scale), sample_shape)
+    return super().sample(sample_shape, seed=seed, name=name, **kwargs)
+
+
+def gaussian_latent(mean: tf.Tensor, std: tf.Tensor) -> tfd.Distribution:
+  """The RSSM's Gaussian latent distribution (`rssm.discrete: 0`): diagonal Normal, one event.
+
+  Args:
+    mean, std: [..., stoch] float (any precision; std > 0).
+  Returns:
+    Independent(NormalDist(mean, std), 1): batch shape [...], event [stoch]; `log_prob`,
+    `entropy` and `kl_divergence` sum over the stoch dimensions (the authors'
+    MultivariateNormalDiag), `mode()` is the mean.
+  """
+  return tfd.Independent(NormalDist(mean, std), 1)
+
+
+STD_ACTS = ('softplus', 'sigmoid', 'sigmoid2')  # `rssm.std_act` values (see `latent_std`)
+
+
+def latent_std(raw: tf.Tensor, std_act: str, min_std: float) -> tf.Tensor:
+  """The Gaussian latent's std from the raw Dense output: act(raw) + min_std, float32.
+
+  `std_act`: 'softplus' (log(1 + e^x)), 'sigmoid' (σ(x)) or 'sigmoid2' (2·σ(x / 2)).
+  Raises:
+    ValueError: for another `std_act`.
+  """
+  raw = tf.cast(raw, tf.float32)
+  if std_act == 'softplus':
+    std = tf.nn.softplus(raw)
+  elif std_act == 'sigmoid':
+    std = tf.nn.sigmoid(raw)
+  elif std_act == 'sigmoid2':
+    std = 2.0 * tf.nn.sigmoid(raw / 2.0)
+  else:
+    raise ValueError(f"std_act is {std_act!r}; allowed: 'softplus', 'sigmoid', 'sigmoid2'.")
+  return std + min_std
 
 
 def categorical_latent(logits: tf.Tensor) -> tfd.Distribution:

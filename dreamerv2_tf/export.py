@@ -14,10 +14,11 @@ agent computes; they are ordinary (non-XLA) TF graphs and always compute in floa
 precision trained them.
 
 Signatures (every input and output a flat named tensor; B is any batch size; D = rssm.deter,
-S = rssm.stoch, K = rssm.discrete, A = action size, H×W×C the image shape of the task):
+S = rssm.stoch, K = rssm.discrete, A = action size, H×W×C the image shape of the task; stoch
+is [B, S, K] for categorical latents and [B, S] for Gaussian ones, `rssm.discrete: 0`):
 
   initial_state   batch_size int32 []                → deter float32 [B, D],
-                                                       stoch float32 [B, S, K],
+                                                       stoch float32 [B, S, K] or [B, S],
                                                        prev_action float32 [B, A]  (zeros)
   serving_default image uint8 [B, H, W, C], is_first bool [B], deter, stoch, prev_action
                                                      → action float32 [B, A], action_index int64
@@ -59,7 +60,7 @@ from typing import Any, Mapping
 import numpy as np
 import tensorflow as tf
 
-from dreamerv2_tf import dists, envs
+from dreamerv2_tf import envs
 from dreamerv2_tf.agent import Agent
 from dreamerv2_tf.checkpoint import CheckpointError, latest_readable
 from dreamerv2_tf.config import ConfigError
@@ -114,7 +115,7 @@ def build_policy_module(agent, image_shape) -> Any:
   if tuple(encoder.image_shape) != (height, width, channels):
     raise ValueError(f'image_shape {tuple(image_shape)} differs from the encoder\'s '
                      f'{tuple(encoder.image_shape)}.')
-  deter_size, stoch_size, classes = rssm.deter, rssm.stoch, rssm.classes
+  deter_size, stoch_shape = rssm.deter, list(rssm.stoch_shape)
   action_size = int(agent.action_size)
 
   def step(image, is_first, deter, stoch, prev_action, seed=None):
@@ -137,7 +138,7 @@ def build_policy_module(agent, image_shape) -> Any:
       # Two independent int32 seed pairs (TFP's stateless seed dtype) from the int64 seed.
       seeds = tf.random.stateless_uniform([2, 2], seed=seed, minval=None, maxval=None,
                                           dtype=tf.int32)
-      new_stoch = dists.categorical_latent(post['logit']).sample(seed=seeds[0])
+      new_stoch = rssm.get_dist(post).sample(seed=seeds[0])
     feat = rssm.get_feat({'deter': post['deter'], 'stoch': new_stoch})
     dist = ac.policy(feat)
     action = tf.cast(dist.mode() if seed is None else dist.sample(seed=seeds[1]), tf.float32)
@@ -152,7 +153,7 @@ def build_policy_module(agent, image_shape) -> Any:
       tf.TensorSpec([None, height, width, channels], tf.uint8, name='image'),
       tf.TensorSpec([None], tf.bool, name='is_first'),
       tf.TensorSpec([None, deter_size], tf.float32, name='deter'),
-      tf.TensorSpec([None, stoch_size, classes], tf.float32, name='stoch'),
+      tf.TensorSpec([None, *stoch_shape], tf.float32, name='stoch'),
       tf.TensorSpec([None, action_size], tf.float32, name='prev_action'),
   ]
 
@@ -168,7 +169,7 @@ def build_policy_module(agent, image_shape) -> Any:
       batch = tf.identity(batch_size)
     return {
         'deter': tf.zeros(tf.stack([batch, deter_size]), tf.float32),
-        'stoch': tf.zeros(tf.stack([batch, stoch_size, classes]), tf.float32),
+        'stoch': tf.zeros(tf.stack([batch, *stoch_shape]), tf.float32),
         'prev_action': tf.zeros(tf.stack([batch, action_size]), tf.float32),
     }
 
@@ -181,8 +182,8 @@ def build_policy_module(agent, image_shape) -> Any:
   module.sample = tf.function(
       sample, input_signature=state_specs + [tf.TensorSpec([2], tf.int64, name='seed')])
   module.info = {'image_shape': [height, width, channels], 'action_size': action_size,
-                 'discrete': discrete, 'deter': deter_size, 'stoch': stoch_size,
-                 'classes': classes}
+                 'discrete': discrete, 'deter': deter_size, 'stoch': rssm.stoch,
+                 'classes': rssm.classes, 'stoch_shape': stoch_shape}
   return module
 
 
@@ -215,7 +216,7 @@ def warmup_requests(info: Mapping[str, Any]) -> list:
       'image': np.zeros([1, height, width, channels], np.uint8),
       'is_first': np.ones([1], bool),
       'deter': np.zeros([1, info['deter']], np.float32),
-      'stoch': np.zeros([1, info['stoch'], info['classes']], np.float32),
+      'stoch': np.zeros([1, *info['stoch_shape']], np.float32),
       'prev_action': np.zeros([1, info['action_size']], np.float32),
   }
   inputs = {

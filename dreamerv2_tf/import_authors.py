@@ -185,10 +185,6 @@ _UNUSED_KEYS = {
     'replay.maxlen': 'episode chunking of the authors\' replay; this replay samples '
                      'dataset.length windows from whole episodes',
     'replay.ongoing': 'sampling from unfinished episodes is not done here',
-    'rssm.std_act': 'only for Gaussian latents (rssm.discrete: False); latents here are '
-                    'categorical',
-    'rssm.min_std': 'only for Gaussian latents (rssm.discrete: False); latents here are '
-                    'categorical',
     'encoder.mlp_layers': 'MLP encoder of vector observations; none are used (mlp_keys)',
     'decoder.mlp_layers': 'MLP decoder of vector observations; none are used (mlp_keys)',
     'loss_scales.proprio': 'scale of vector-observation losses; none are predicted here',
@@ -197,7 +193,6 @@ _UNUSED_KEYS = {
 _REQUIRED = {
     'rssm.ensemble': (1, 'an ensemble of prior heads, of which img_step picks one at random, '
                       'is not implemented; the authors\' Plan2Explore does not use it'),
-    'rssm.norm': ('none', 'no layer norm outside the GRU is implemented'),
     'reward_head.dist': ('mse', 'the reward head is a unit-variance Normal'),
     'discount_head.dist': ('binary', 'the discount head is a Bernoulli'),
     'critic.dist': ('mse', 'the critic is a unit-variance Normal'),
@@ -253,6 +248,16 @@ def _regex_matches(pattern: str, key: str, name: str) -> bool:
         from None
 
 
+def _latent_classes(value: Any) -> int:
+  """The authors' `rssm.discrete` as this project's int: classes >= 1, or 0 for Gaussian
+  latents (their False or 0). Raises AuthorsImportError for anything else (e.g. True)."""
+  if value is False or (type(value) is int and value >= 0):  # pylint: disable=unidiomatic-typecheck
+    return int(value)
+  raise AuthorsImportError(
+      f'The authors\' config sets rssm.discrete: {value!r}; allowed: a number of classes >= 1 '
+      '(categorical latents) or False / 0 (Gaussian latents).')
+
+
 def translate_config(authors: Mapping[str, Any], task: str | None = None,
                      logdir: str | None = None) -> Translation:
   """Translates an authors' config (nested dict) into this project's Config.
@@ -270,7 +275,7 @@ def translate_config(authors: Mapping[str, Any], task: str | None = None,
     logdir: written into the config's `logdir`.
   Raises:
     AuthorsImportError: a value this project cannot honour (rssm.ensemble > 1, a norm other than
-      none, Gaussian latents, vector observations in mlp_keys, no image in cnn_keys, an
+      none or layer, rssm.discrete True, vector observations in mlp_keys, no image in cnn_keys, the
       Random explorer, another optimiser, an unsupported distribution,
       ...) or a value of the wrong type; the message names the key and the allowed values.
   """
@@ -321,12 +326,7 @@ def translate_config(authors: Mapping[str, Any], task: str | None = None,
           f'The authors\' config sets {part}.mlp_keys: {mlp_keys!r}, which matches vector '
           f'observations (e.g. {matched[0]!r}); this project models image observations only. '
           "Only configs whose mlp_keys match no observation (like '$^') can be imported.")
-  discrete_latent = flat.get('rssm.discrete', 32)
-  if isinstance(discrete_latent, bool) or not isinstance(discrete_latent, int) or \
-      discrete_latent < 1:
-    raise AuthorsImportError(
-        f'The authors\' config sets rssm.discrete: {discrete_latent!r}; only categorical '
-        'latents (a number of classes >= 1) are implemented, not Gaussian ones (False).')
+  updates['rssm.discrete'] = _latent_classes(flat.get('rssm.discrete', 32))
 
   our_task = task or flat.get('task')
   if not our_task:
@@ -411,6 +411,11 @@ def _dense(n_in, n_out) -> _Node:
   return _Node([('kernel', (n_in, n_out), 'float32'), ('bias', (n_out,), 'float32')])
 
 
+# The authors' names of the RSSM's NormLayers (`rssm.norm: layer`), in the order img_in,
+# img_out, obs_out.
+_RSSM_NORMS = ('img_in_norm', 'img_out_norm_0', 'obs_out_norm')
+
+
 def _layer_norm(size) -> _Node:
   # The authors' NormLayer('layer') holds its LayerNormalization as `_layer`.
   return _Node(children={('_layer',): _Node([('gamma', (size,), 'float32'),
@@ -446,7 +451,9 @@ def authors_layout(config: Config, image_shape: Sequence[int], action_size: int 
 
   Derived from the authors' module tree (Agent: tfstep, _task_behavior (ActorCritic: _updates,
   _target_critic, actor, critic, rewnorm.mag), wm (encoder, heads decoder/discount/reward,
-  rssm: _cell, img_dist_0, img_in, img_out_0, obs_dist, obs_out)). With `slow_target: False`
+  rssm: _cell, img_dist_0, img_in, img_out_0, obs_dist, obs_out, and with `rssm.norm: layer`
+  img_in_norm, img_out_norm_0, obs_out_norm)). Gaussian latents (`rssm.discrete: 0`): the
+  img_dist_0/obs_dist layers have 2·stoch units, img_in takes stoch. With `slow_target: False`
   the authors' `_target_critic` is the critic itself, visited under that name first.
 
   Args:
@@ -456,7 +463,8 @@ def authors_layout(config: Config, image_shape: Sequence[int], action_size: int 
   """
   rssm, enc, dec = config.rssm, config.encoder, config.decoder
   a = action_size
-  flat = rssm.stoch * rssm.discrete
+  flat = rssm.stoch * (rssm.discrete or 1)  # the flattened stoch
+  stats = flat if rssm.discrete else 2 * rssm.stoch  # logits, or mean and raw std
   feat = flat + rssm.deter
   embed = embed_size(image_shape, enc.cnn_depth, enc.cnn_kernels)
   encoder = _Node()
@@ -495,9 +503,12 @@ def authors_layout(config: Config, image_shape: Sequence[int], action_size: int 
       ('_cell',): cell,
       ('_modules', 'img_in'): _dense(flat + a if a is not None else None, rssm.hidden),
       ('_modules', 'img_out_0'): _dense(rssm.deter, rssm.hidden),
-      ('_modules', 'img_dist_0'): _dense(rssm.hidden, flat),
+      ('_modules', 'img_dist_0'): _dense(rssm.hidden, stats),
       ('_modules', 'obs_out'): _dense(rssm.deter + embed, rssm.hidden),
-      ('_modules', 'obs_dist'): _dense(rssm.hidden, flat)})
+      ('_modules', 'obs_dist'): _dense(rssm.hidden, stats)})
+  if rssm.get('norm', 'none') == 'layer':
+    for name in _RSSM_NORMS:
+      rssm_node.children[('_modules', name)] = _layer_norm(rssm.hidden)
   wm = _Node(children={('encoder',): encoder, **heads, ('rssm',): rssm_node})
   ac = _actor_critic_node(config, feat, a, discrete)
   children = {('_task_behavior',): ac, ('wm',): wm}
@@ -709,6 +720,10 @@ def variable_targets(agent, step) -> dict[str, list]:
                               ('obs_dist', rssm.obs_dist)):
     targets[f'wm/rssm/_modules/{authors_name}/kernel'] = [layer.kernel]
     targets[f'wm/rssm/_modules/{authors_name}/bias'] = [layer.bias]
+  for authors_name, norm in zip(_RSSM_NORMS, (rssm.img_in_norm, rssm.img_out_norm,
+                                              rssm.obs_out_norm)):
+    if norm is not None:
+      targets.update(_norm_targets(f'wm/rssm/_modules/{authors_name}', norm))
   return targets
 
 

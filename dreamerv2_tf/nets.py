@@ -10,8 +10,10 @@ Conventions:
 - Initialisation is Keras' default (Glorot uniform kernels, zero biases), every Dense and conv
   has a bias, as in the authors' release.
 
-A latent state is a dict of tensors: `deter` [B, deter] (GRU state h), `stoch` [B, stoch,
-classes] (one-hot samples z, straight-through), `logit` [B, stoch, classes] float32.
+A latent state is a dict of tensors: `deter` [B, deter] (GRU state h) and `stoch` (samples z)
+with the distribution's stats, float32: for categorical latents `stoch` [B, stoch, classes]
+(one-hot, straight-through) and `logit` [B, stoch, classes]; for Gaussian latents
+(`rssm.discrete: 0`) `stoch` [B, stoch] (reparameterised) and `mean`, `std` [B, stoch].
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import tensorflow as tf
 
 from dreamerv2_tf import distribute, dists
 
-State = dict  # {'deter': [B, D], 'stoch': [B, S, K], 'logit': [B, S, K]}
+State = dict  # {'deter', 'stoch', and 'logit' or 'mean' and 'std'}: see the module docstring
 
 
 def _activation(name: str):
@@ -227,76 +229,123 @@ class GRUCell(keras.layers.Layer):
 
 
 class RSSM(keras.layers.Layer):
-  """Recurrent state-space model with categorical latents (SPEC.md §3).
+  """Recurrent state-space model with categorical or Gaussian latents (SPEC.md §3).
 
-  img_step (prior): x = ELU(img_in(concat(flatten(z), a))); h = GRU(x, h);
-    logits = img_dist(ELU(img_out(h))).
+  img_step (prior): x = act(norm(img_in(concat(flatten(z), a)))); h = GRU(x, h);
+    stats = img_dist(act(norm(img_out(h)))).
   obs_step (posterior): zero previous state and action where `is_first`; run img_step;
-    logits = obs_dist(ELU(obs_out(concat(h, embed)))).
-  Samples use straight-through gradients; `sample=False` takes the one-hot mode.
+    stats = obs_dist(act(norm(obs_out(concat(h, embed))))).
+  `norm` is the authors' NormLayer (none, or a LayerNorm before the activation). The latent:
+  - categorical (`discrete` = K ≥ 1 classes): stats {'logit' [.., S, K]}, one-hot samples with
+    straight-through gradients, `sample=False` takes the one-hot mode;
+  - Gaussian (`discrete` = 0 or False): img_dist/obs_dist give 2·S units split into mean and
+    raw std, std = std_act(raw) + min_std (dists.latent_std); stats {'mean', 'std'} [.., S],
+    reparameterised samples, `sample=False` takes the mean.
 
   Args:
     action_size: A. embed_size: E (encoder output). deter, hidden: sizes of h and of the
-    hidden Dense layers. stoch, classes: number of categoricals and classes each.
+    hidden Dense layers. stoch: S latents; discrete: K classes each, 0 for Gaussian latents.
+    act: activation. norm: 'none' or 'layer'. std_act, min_std: Gaussian std (unused else).
+  Raises:
+    ValueError: for an unknown norm or std_act.
   """
 
   def __init__(self, action_size: int, embed_size: int, deter: int = 600, hidden: int = 600,
-               stoch: int = 32, discrete: int = 32, act: str = 'elu', **kwargs):
+               stoch: int = 32, discrete: int = 32, act: str = 'elu', norm: str = 'none',
+               std_act: str = 'sigmoid2', min_std: float = 0.1, **kwargs):
     super().__init__(**kwargs)
-    self.deter, self.stoch, self.classes = deter, stoch, discrete
+    self.deter, self.stoch, self.classes = deter, stoch, int(discrete)
     self.action_size, self.embed_size = action_size, embed_size
-    flat = stoch * discrete
-    self.img_in = _dense(hidden, flat + action_size, act, name='img_in')
+    self.std_act, self.min_std = std_act, float(min_std)
+    if std_act not in dists.STD_ACTS:
+      raise ValueError(f'std_act is {std_act!r}; allowed: {", ".join(dists.STD_ACTS)}.')
+    self.act = _activation(act)
+    flat, stats = self.flat_stoch, (self.flat_stoch if self.classes else 2 * stoch)
+    # Without a norm the hidden Dense layers apply `act` themselves (see `_normed`).
+    dense_act = act if norm in ('none', None, '') else None
+    self.img_in = _dense(hidden, flat + action_size, dense_act, name='img_in')
+    self.img_in_norm = _norm_layer(norm, (hidden,), 'img_in_norm')
     self.cell = GRUCell(hidden, deter, name='cell')
-    self.img_out = _dense(hidden, deter, act, name='img_out')
-    self.img_dist = _dense(flat, hidden, name='img_dist')
-    self.obs_out = _dense(hidden, deter + embed_size, act, name='obs_out')
-    self.obs_dist = _dense(flat, hidden, name='obs_dist')
+    self.img_out = _dense(hidden, deter, dense_act, name='img_out')
+    self.img_out_norm = _norm_layer(norm, (hidden,), 'img_out_norm')
+    self.img_dist = _dense(stats, hidden, name='img_dist')
+    self.obs_out = _dense(hidden, deter + embed_size, dense_act, name='obs_out')
+    self.obs_out_norm = _norm_layer(norm, (hidden,), 'obs_out_norm')
+    self.obs_dist = _dense(stats, hidden, name='obs_dist')
+
+  @property
+  def stoch_shape(self) -> tuple[int, ...]:
+    """Shape of one `stoch` sample: (S, K) categorical, (S,) Gaussian."""
+    return (self.stoch, self.classes) if self.classes else (self.stoch,)
+
+  @property
+  def stats_keys(self) -> tuple[str, ...]:
+    """The distribution's state keys: ('logit',) categorical, ('mean', 'std') Gaussian."""
+    return ('logit',) if self.classes else ('mean', 'std')
+
+  @property
+  def flat_stoch(self) -> int:
+    """Size of the flattened `stoch`: S·K categorical, S Gaussian."""
+    return self.stoch * (self.classes or 1)
 
   @property
   def feat_size(self) -> int:
-    """Size of `get_feat`: stoch·classes + deter (1624 for Atari)."""
-    return self.stoch * self.classes + self.deter
+    """Size of `get_feat`: flat_stoch + deter (1624 for Atari)."""
+    return self.flat_stoch + self.deter
 
   def initial(self, batch: int) -> State:
-    """Zero state for `batch` sequences: deter [B, D], stoch and logit [B, S, K]."""
-    dtype = self.compute_dtype
-    return {
-        'deter': tf.zeros([batch, self.deter], dtype),
-        'stoch': tf.zeros([batch, self.stoch, self.classes], dtype),
-        'logit': tf.zeros([batch, self.stoch, self.classes], tf.float32),
-    }
+    """Zero state for `batch` sequences: deter [B, D], stoch [B, *stoch_shape] (compute dtype)
+    and the stats (`logit` [B, S, K], or `mean`, `std` [B, S]; float32)."""
+    state = {'deter': tf.zeros([batch, self.deter], self.compute_dtype),
+             'stoch': tf.zeros([batch, *self.stoch_shape], self.compute_dtype)}
+    for key in self.stats_keys:
+      state[key] = tf.zeros([batch, *self.stoch_shape], tf.float32)
+    return state
+
+  def _flatten_stoch(self, stoch):
+    stoch = tf.cast(stoch, self.compute_dtype)
+    if not self.classes:
+      return stoch
+    return tf.reshape(stoch, tf.concat([tf.shape(stoch)[:-2], [self.flat_stoch]], 0))
 
   def get_feat(self, state: State) -> tf.Tensor:
-    """concat(flatten(stoch), deter): [..., S·K + D] in the compute dtype."""
-    stoch = tf.cast(state['stoch'], self.compute_dtype)
-    stoch = tf.reshape(stoch, tf.concat([tf.shape(stoch)[:-2], [self.stoch * self.classes]], 0))
-    return tf.concat([stoch, tf.cast(state['deter'], self.compute_dtype)], -1)
+    """concat(flatten(stoch), deter): [..., flat_stoch + D] in the compute dtype."""
+    return tf.concat([self._flatten_stoch(state['stoch']),
+                      tf.cast(state['deter'], self.compute_dtype)], -1)
 
   def get_dist(self, state: State):
-    """Independent one-hot categoricals over [..., S, K] from `state['logit']` (float32)."""
-    return dists.categorical_latent(state['logit'])
+    """The latent distribution of `state`'s stats (float32): independent one-hot categoricals
+    (event [S, K]) or a diagonal Normal (event [S])."""
+    if self.classes:
+      return dists.categorical_latent(state['logit'])
+    return dists.gaussian_latent(state['mean'], state['std'])
 
-  def _logits(self, layer_out, layer_dist, x):
-    logit = tf.cast(layer_dist(layer_out(x)), tf.float32)
-    return tf.reshape(logit, tf.concat([tf.shape(logit)[:-1], [self.stoch, self.classes]], 0))
+  def _stats(self, layer_out, layer_norm, layer_dist, x) -> State:
+    out = tf.cast(layer_dist(_normed(layer_out, layer_norm, self.act, x)), tf.float32)
+    if self.classes:
+      shape = tf.concat([tf.shape(out)[:-1], [self.stoch, self.classes]], 0)
+      return {'logit': tf.reshape(out, shape)}
+    mean, std = tf.split(out, 2, -1)
+    return {'mean': mean, 'std': dists.latent_std(std, self.std_act, self.min_std)}
 
-  def _latent(self, logit, sample):
-    dist = dists.categorical_latent(logit)
+  def _latent(self, stats, sample):
+    dist = self.get_dist(stats)
     stoch = dist.sample() if sample else dist.mode()
     return tf.cast(stoch, self.compute_dtype)
 
+  def _prior(self, deter, sample) -> State:
+    stats = self._stats(self.img_out, self.img_out_norm, self.img_dist, deter)
+    return {'deter': deter, 'stoch': self._latent(stats, sample), **stats}
+
   def _recurrent(self, prev_state: State, prev_action: tf.Tensor) -> tf.Tensor:
-    stoch = tf.cast(prev_state['stoch'], self.compute_dtype)
-    stoch = tf.reshape(stoch, [-1, self.stoch * self.classes])
-    x = self.img_in(tf.concat([stoch, tf.cast(prev_action, self.compute_dtype)], -1))
+    stoch = tf.reshape(self._flatten_stoch(prev_state['stoch']), [-1, self.flat_stoch])
+    x = tf.concat([stoch, tf.cast(prev_action, self.compute_dtype)], -1)
+    x = _normed(self.img_in, self.img_in_norm, self.act, x)
     return self.cell(x, tf.cast(prev_state['deter'], self.compute_dtype))
 
   def img_step(self, prev_state: State, prev_action: tf.Tensor, sample: bool = True) -> State:
     """One prior step: state [B, ...] and action [B, A] → prior state [B, ...]."""
-    deter = self._recurrent(prev_state, prev_action)
-    logit = self._logits(self.img_out, self.img_dist, deter)
-    return {'deter': deter, 'stoch': self._latent(logit, sample), 'logit': logit}
+    return self._prior(self._recurrent(prev_state, prev_action), sample)
 
   def _reset(self, prev_state: State, prev_action: tf.Tensor, is_first: tf.Tensor):
     keep = 1.0 - tf.cast(is_first, self.compute_dtype)
@@ -311,21 +360,19 @@ class RSSM(keras.layers.Layer):
     """One posterior step.
 
     Args:
-      prev_state: state [B, ...]; prev_action: [B, A] (the action that led to this
-        observation); embed: [B, E]; is_first: bool [B] (zeroes state and action first).
-      with_prior: also compute the prior's logits and stoch (False when acting).
+      prev_state: state [B, ...] (only `deter` and `stoch` are read); prev_action: [B, A] (the
+        action that led to this observation); embed: [B, E]; is_first: bool [B] (zeroes state
+        and action first).
+      with_prior: also compute the prior's stats and stoch (False when acting).
     Returns:
       (post, prior) states [B, ...]; prior is None without `with_prior`.
     """
     prev_state, prev_action = self._reset(prev_state, prev_action, is_first)
     deter = self._recurrent(prev_state, prev_action)
-    prior = None
-    if with_prior:
-      prior_logit = self._logits(self.img_out, self.img_dist, deter)
-      prior = {'deter': deter, 'stoch': self._latent(prior_logit, sample), 'logit': prior_logit}
+    prior = self._prior(deter, sample) if with_prior else None
     x = tf.concat([deter, tf.cast(embed, self.compute_dtype)], -1)
-    logit = self._logits(self.obs_out, self.obs_dist, x)
-    post = {'deter': deter, 'stoch': self._latent(logit, sample), 'logit': logit}
+    stats = self._stats(self.obs_out, self.obs_out_norm, self.obs_dist, x)
+    post = {'deter': deter, 'stoch': self._latent(stats, sample), **stats}
     return post, prior
 
   def observe(self, embed: tf.Tensor, action: tf.Tensor, is_first: tf.Tensor,
@@ -336,7 +383,7 @@ class RSSM(keras.layers.Layer):
       embed [B, T, E], action [B, T, A] (action[:, t] led to observation t), is_first
       bool [B, T]; state: initial state [B, ...] (zeros if None). T must be static.
     Returns:
-      (post, prior): dicts of [B, T, ...]. The loop is unrolled over T; the prior's logits,
+      (post, prior): dicts of [B, T, ...]. The loop is unrolled over T; the prior's stats,
       which the recurrence does not need, are computed for all steps at once afterwards.
     """
     length = embed.shape[1]
@@ -350,10 +397,7 @@ class RSSM(keras.layers.Layer):
     post = {k: tf.stack([p[k] for p in posts], 1) for k in posts[0]}
     # The prior's stoch is not used by any loss; its mode keeps the graph free of unused
     # random ops (Grappler warns about pruned sampling nodes otherwise).
-    prior_logit = self._logits(self.img_out, self.img_dist, post['deter'])
-    prior = {'deter': post['deter'], 'stoch': self._latent(prior_logit, False),
-             'logit': prior_logit}
-    return post, prior
+    return post, self._prior(post['deter'], False)
 
   def imagine(self, action: tf.Tensor, state: State | None = None, sample: bool = True):
     """Prior states for given actions: action [B, T, A] → dict of [B, T, ...].
@@ -373,7 +417,7 @@ class RSSM(keras.layers.Layer):
     """KL balancing with free nats (SPEC.md §3).
 
     loss = mix·max(mean KL(post‖sg(prior)), free) + (1 − mix)·max(mean KL(sg(post)‖prior), free)
-    with mix = 1 − balance (`forward=False`); the KL sums over the S categoricals. With
+    with mix = 1 − balance (`forward=False`); the KL sums over the S latents. With
     `free_avg=False` the free-nats max is taken per step, before the mean.
 
     `balance: 0.5` (the paper's "no KL balancing" ablation) takes the authors' separate branch:

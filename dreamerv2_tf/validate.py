@@ -11,6 +11,7 @@ is created, TensorFlow loads or an environment starts:
   `prefill`, `time_limit`, `log_every`, ...), in agent steps where they are step counts;
 - choices: `precision` 16/32/'bf16', `actor.dist`, `actor_grad`, `clip_rewards`, `grad_heads`,
   `expl_behavior`, `disag_target`, `expl_model_loss`; `disag_offset` below `dataset.length`;
+  `rssm.std_act`;
 - schedules (`actor_ent`, `actor_grad_mix`) parse (schedule.parse);
 - `render_size` is two positive ints; floats are finite and in range (`discount` in (0, 1],
   learning rates > 0, ...);
@@ -35,7 +36,7 @@ from dreamerv2_tf.config import ConfigError
 POSITIVE_INTS = (
     'envs', 'action_repeat', 'steps', 'eval_eps', 'train_every', 'train_steps',
     'env_max_failures', 'replay.capacity', 'replay.minlen', 'dataset.batch', 'dataset.length',
-    'rssm.hidden', 'rssm.deter', 'rssm.stoch', 'rssm.discrete',
+    'rssm.hidden', 'rssm.deter', 'rssm.stoch',
     'encoder.cnn_depth', 'decoder.cnn_depth', 'reward_head.units', 'discount_head.units',
     'actor.units', 'critic.units', 'imag_horizon', 'slow_target_update', 'disag_models',
     'expl_head.units')
@@ -48,6 +49,7 @@ NON_NEGATIVE_INTS = {
     'log_every': '0 never logs training metrics',
     'eval_every': '0 never evaluates during training',
     'dataset.prefetch': '0 disables prefetching',
+    'rssm.discrete': 'classes per categorical latent, 0 for Gaussian latents',
     'cpu_devices': '0 or 1 keep the CPU whole, N >= 2 splits it into N logical devices',
     'reward_head.layers': 'hidden layers', 'discount_head.layers': 'hidden layers',
     'actor.layers': 'hidden layers', 'critic.layers': 'hidden layers',
@@ -65,8 +67,10 @@ CHOICES = {
     'expl_behavior': ('greedy', 'plan2explore', 'model_loss', 'Plan2Explore', 'ModelLoss'),
     'disag_target': ('stoch', 'deter', 'feat', 'embed'),
     'expl_model_loss': ('kl',),
+    'rssm.std_act': ('softplus', 'sigmoid', 'sigmoid2'),
     **{f'{net}.norm': ('none', 'layer') for net in (
-        'encoder', 'decoder', 'reward_head', 'discount_head', 'actor', 'critic', 'expl_head')},
+        'rssm', 'encoder', 'decoder', 'reward_head', 'discount_head', 'actor', 'critic',
+        'expl_head')},
 }
 SCHEDULES = ('actor_ent', 'actor_grad_mix')
 GRAD_HEADS = ('decoder', 'reward', 'discount')
@@ -84,6 +88,7 @@ FLOAT_RANGES = {
     'expl_opt.lr': (0.0, None, False, False),
     'expl_reward_norm.momentum': (0.0, 1.0, True, True),
     'actor.min_std': (0.0, None, True, False),
+    'rssm.min_std': (0.0, None, True, False),
     'progress_every_s': (0.0, None, True, False),
 }
 

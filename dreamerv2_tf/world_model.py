@@ -103,7 +103,9 @@ class WorldModel(tf.Module):
     self.encoder = nets.MultiEncoder(self.shapes, name='encoder', **_net_args(encoder))
     self.image_shape = self.encoder.image_shape  # (H, W, ΣC) of the CNN input, or None
     self.rssm = nets.RSSM(action_size, self.encoder.embed_size, rssm['deter'], rssm['hidden'],
-                          rssm['stoch'], rssm['discrete'], rssm['act'], name='rssm')
+                          rssm['stoch'], rssm['discrete'], rssm['act'],
+                          norm=rssm.get('norm', 'none'), std_act=rssm.get('std_act', 'sigmoid2'),
+                          min_std=rssm.get('min_std', 0.1), name='rssm')
     feat = self.rssm.feat_size
     self.heads = {
         'decoder': nets.MultiDecoder(feat, self.shapes, name='decoder', **_net_args(decoder)),
@@ -235,8 +237,9 @@ class WorldModel(tf.Module):
       sample / action_sample: sample latents / actions (False: modes; used by tests and the
         parity check).
     Returns:
-      time-major dict of [H + 1, N, ...]: deter, stoch, logit, feat, action (action[t] led to
-      state t), discount (row 0 = γ·(1 − is_terminal)), weight = Π_{k<t} discount_k.
+      time-major dict of [H + 1, N, ...]: the RSSM state's keys (deter, stoch, and logit or
+      mean and std), feat, action (action[t] led to state t), discount (row 0 =
+      γ·(1 − is_terminal)), weight = Π_{k<t} discount_k.
     """
     flat = lambda x: tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], 0))
     state = {k: flat(v) for k, v in start.items()}

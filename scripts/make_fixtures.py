@@ -8,8 +8,11 @@ the authors' environment; it imports their package and records what their own `A
 computes) with the options below, written to a temporary folder, then copied into
 tests/fixtures/NAME without the files listed in `drop` (to keep the repository small: e.g. the
 continuous fixture's forward outputs, already covered by tests/fixtures/continuous_seed1) and with
-a provenance note prepended to its README.md. Nothing of the authors' code is copied: only the
-numbers their code produced.
+a provenance note prepended to its README.md. Where the generator cannot record a setting as it
+stands, the fixture's `patch` lists text replacements (old, new, expected count) applied to a
+temporary copy of it (StreamNorm's magnitude; Gaussian latents, GAUSSIAN_PATCH); the run stops if
+the generator changed so that one no longer applies. Nothing of the authors' code is copied: only
+the numbers their code produced.
 
 Exit status 1 (and the generator's output) when a generator run fails.
 """
@@ -49,13 +52,47 @@ EXPLORER_PATCH = [
      "    if hasattr(explorer, 'head'):\n"
      "      explorer.head(feat)\n"
      "    for net in (explorer.ac.actor, explorer.ac.critic, explorer.ac._target_critic):\n"
-     "      net(feat)\n"),
+     "      net(feat)\n", 1),
     ("  out['critic_mode_mean'] = mets4['critic']\n",
      "  out['critic_mode_mean'] = mets4['critic']\n"
      "  if agnt._expl_behavior is not beh:\n"
-     "    out['expl_intr_reward'] = agnt._expl_behavior._intr_reward(seq)\n"),
+     "    out['expl_intr_reward'] = agnt._expl_behavior._intr_reward(seq)\n", 1),
     ("      assert len(records) == 3, len(records)",
-     "      assert len(records) in (3, 6), len(records)")]
+     "      assert len(records) in (3, 6), len(records)", 1)]
+# The shared generator records categorical latents (state key `logit`) and patches only the
+# one-hot and truncated-normal samplers. For Gaussian latents (`rssm.discrete: 0`, state keys
+# mean/std) a copy of it (a) names the latent keys in one constant LAT and reads them where it
+# reads `logit`, and (b) makes tfd.Normal's base draw (inside MultivariateNormalDiag.sample) its
+# mode 0 under the deterministic switch, as it does for the other two samplers.
+# Each entry: (old text, new text, how often old occurs).
+GAUSSIAN_PATCH = [
+    ("IMAG_HORIZON = 3\n",
+     "IMAG_HORIZON = 3\nLAT = ('mean', 'std')  # Gaussian latents (scripts/make_fixtures.py)\n",
+     1),
+    ("('logit', 'stoch', 'deter'", "(*LAT, 'stoch', 'deter'", 3),
+    ("""    tape.watch([post_w['logit'], prior_w['logit']])""",
+     """    tape.watch([post_w[k] for k in LAT] + [prior_w[k] for k in LAT])""", 1),
+    ("""  g_post, g_prior = tape.gradient(
+      kl_loss_w, [post_w['logit'], prior_w['logit']])
+  out['kl_loss_grad_post_logit'] = g_post
+  out['kl_loss_grad_prior_logit'] = g_prior""",
+     """  grads = tape.gradient(
+      kl_loss_w, [post_w[k] for k in LAT] + [prior_w[k] for k in LAT])
+  names = [f'kl_loss_grad_{side}_{k}' for side in ('post', 'prior') for k in LAT]
+  out.update(zip(names, grads))""", 1),
+    ("""      'post_logit': (outs['post']['logit'], out['post_logit']),""",
+     """      **{f'{side}_{k}': (outs[side][k], out[f'{side}_{k}'])
+         for side in ('post', 'prior') for k in LAT},""", 1),
+    ("""      'prior_logit': (outs['prior']['logit'], out['prior_logit']),\n""", '', 1),
+    ("""    tfd.TruncatedNormal._sample_n = mode_sampler(
+        'TruncatedNormal._sample_n', tfd.TruncatedNormal)""",
+     """    tfd.TruncatedNormal._sample_n = mode_sampler(
+        'TruncatedNormal._sample_n', tfd.TruncatedNormal)
+    # Gaussian latents: MultivariateNormalDiag.sample = mean + std * (base Normal draw).
+    self.orig_samplers[tfd.Normal] = tfd.Normal.__dict__['_sample_n']
+    calls['Normal._sample_n'] = 0
+    tfd.Normal._sample_n = mode_sampler('Normal._sample_n', tfd.Normal)""", 1),
+]
 
 FIXTURES = {
     'update_continuous_seed1': dict(
@@ -86,11 +123,11 @@ FIXTURES = {
         drop=[],
         # The generator asserts that its forward outputs change no variable, but StreamNorm with
         # momentum < 1 updates its magnitude when called: restore it after that one call.
-        patch=("""  seq['reward'], _ = beh.rewnorm(reward)
+        patch=[("""  seq['reward'], _ = beh.rewnorm(reward)
   out['imag_reward_normed'] = seq['reward']""", """  _mag_before = beh.rewnorm.mag.numpy()
   seq['reward'], _ = beh.rewnorm(reward)
   beh.rewnorm.mag.assign(_mag_before)  # forward outputs leave the weights unchanged
-  out['imag_reward_normed'] = seq['reward']"""),
+  out['imag_reward_normed'] = seq['reward']""", 1)],
         what='Atari config with reward_norm momentum 0.9, scale 2 (StreamNorm)'),
     'update_plan2explore_seed7': dict(
         args=EXPLORER_ARGS + ['--seed', '7'],
@@ -118,6 +155,25 @@ FIXTURES = {
         patch=EXPLORER_PATCH,
         what='Atari config with expl_behavior model_loss (a head predicts the KL), intrinsic '
              'scale 2 plus extrinsic 0.5'),
+    'update_gaussian_seed5': dict(
+        args=['--kind', 'discrete', '--seed', '5', '--updates', '2', '--reload-checks', '0'],
+        sizes={'rssm.discrete': 0, 'rssm.stoch': 6, 'encoder.cnn_depth': 2,
+               'decoder.cnn_depth': 2},
+        drop=[],
+        patch=GAUSSIAN_PATCH,
+        what=('Atari config with Gaussian latents (rssm.discrete 0, stoch 6, std_act sigmoid2, '
+              'min_std 0.1); generated by a patched copy of the generator (see GAUSSIAN_PATCH '
+              'in scripts/make_fixtures.py): under the deterministic switch the base draw of '
+              'tfd.Normal is its mode 0, so the latent draw is mean + std * 0 (the mean, '
+              'd/d mean = 1, d/d std = 0), and the forward outputs record the state keys '
+              'mean/std (post_mean, kl_loss_grad_post_std, imag_std, ...) instead of logit. '
+              'Where the generator\'s README prose below speaks of logits and one-hot latents, '
+              'read mean/std and the Gaussian mean')),
+    'update_rssmnorm_seed6': dict(
+        args=['--kind', 'discrete', '--seed', '6', '--updates', '2', '--reload-checks', '0'],
+        sizes={'rssm.norm': 'layer', 'encoder.cnn_depth': 2, 'decoder.cnn_depth': 2},
+        drop=[],
+        what='Atari config with rssm.norm: layer (LayerNorm on img_in, img_out, obs_out)'),
 }
 
 NOTE = """<!-- Provenance (added by this project, scripts/make_fixtures.py): made by
@@ -135,12 +191,11 @@ def make(name: str, spec: dict, python: str) -> None:
     out = pathlib.Path(tmp) / name
     generator = GENERATOR
     if spec.get('patch'):  # a patched copy of the shared generator, in the temporary folder
-      patches = spec['patch'] if isinstance(spec['patch'], list) else [spec['patch']]
       text = GENERATOR.read_text()
-      for old, new in patches:
-        if text.count(old) != 1:
-          raise SystemExit(f'make_fixtures: error: {GENERATOR} changed; a patch for {name} '
-                           'no longer applies.')
+      for old, new, count in spec['patch']:
+        if text.count(old) != count:
+          raise SystemExit(f'make_fixtures: error: {GENERATOR} changed; the patch for {name} '
+                           f'no longer applies ({old.strip()[:60]!r}).')
         text = text.replace(old, new)
       generator = pathlib.Path(tmp) / GENERATOR.name
       generator.write_text(text)

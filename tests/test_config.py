@@ -121,6 +121,14 @@ def test_stray_argument_fails(tmp_path):
 
 # ----------------------------------------------------------------------------- validate
 
+def test_rssm_latent_keys_default_to_the_authors_and_crafter_norms_the_rssm():
+  from dreamerv2_tf.validate import validate
+  rssm = load_config(['atari']).rssm
+  assert (rssm.discrete, rssm.std_act, rssm.min_std, rssm.norm) == (32, 'sigmoid2', 0.1, 'none')
+  assert load_config(['crafter']).rssm.norm == 'layer'  # the authors' `.*\.norm: layer`
+  validate(load_config(['atari', 'debug'], {'rssm.discrete': 0}))  # Gaussian latents
+
+
 @pytest.mark.parametrize('override, expected', [
     ({'task': 'dmc_walker_wlk'}, ["'dmc_walker_wlk'", 'dmc_walker_walk']),
     ({'dataset.batch': '0'}, ["'dataset.batch'", '0', '>= 1']),
@@ -143,6 +151,10 @@ def test_stray_argument_fails(tmp_path):
     ({'discount': '1.5'}, ["'discount'", '1.5', '(0.0, 1.0]']),
     ({'model_opt.lr': 'nan'}, ["'model_opt.lr'", 'nan', 'finite']),
     ({'grad_heads': 'decoder,rewrd'}, ["'grad_heads'", 'rewrd', 'decoder, reward, discount']),
+    ({'rssm.discrete': '-1'}, ["'rssm.discrete'", '-1', '>= 0', '0 for Gaussian latents']),
+    ({'rssm.std_act': 'tanh'}, ["'rssm.std_act'", "'tanh'", 'softplus, sigmoid, sigmoid2']),
+    ({'rssm.min_std': '-0.1'}, ["'rssm.min_std'", '-0.1', '[0.0, inf)']),
+    ({'rssm.norm': 'batch'}, ["'rssm.norm'", "'batch'", 'none, layer']),
     # time_limit 200 (debug): episodes hold at most 200 agent steps, 201 transitions.
     ({'replay.minlen': '201'}, ["'replay.minlen'", '201 agent steps', 'at most 200 agent steps',
                                 'prefill would never']),

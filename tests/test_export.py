@@ -32,7 +32,11 @@ STEPS = 200
 def make_run(logdir: pathlib.Path, seed: int = 0, step: int = 1234, scale: float = 0.1):
   """A training-run directory as the loop leaves it: config.yaml and a checkpoint (agent, step,
   TF generator, host state) of a debug-size Pong agent with `eval_state_mean: True`. The
-  weights are perturbed (biases included) so that nothing equals its initial value."""
+  weights are perturbed (biases included) so that nothing equals its initial value. Keras' global
+  seed is set to `seed` first: the initial weights, and so whether the policy depends on the
+  frames, do not change from one process or test order to the next (unseeded, scale 0.5 still
+  gave a constant policy now and then)."""
+  keras.utils.set_random_seed(seed)
   config = load_config(['atari', 'debug'], {'eval_state_mean': True, 'seed': seed})
   step_var = tf.Variable(step, dtype=tf.int64, trainable=False, name='agent_step')
   agent = Agent(config, PONG_OBS, PONG_ACT, step_var)
@@ -56,7 +60,7 @@ def tree(path: pathlib.Path) -> list[str]:
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
   logdir = tmp_path_factory.mktemp('run')
-  agent, config = make_run(logdir)
+  agent, config = make_run(logdir, scale=0.5)  # at scale 0.1 the Pong policy was constant
   return logdir, agent, config
 
 
@@ -347,6 +351,38 @@ def test_continuous_actor_export(tmp_path):
   assert not np.array_equal(seeded[0], seeded[2])
   assert np.abs(seeded[0]).max() <= 1.0
 
+
+
+def test_gaussian_latent_export(tmp_path):
+  """rssm.discrete 0: stoch is [B, S]; serving_default is the agent's eval policy (posterior
+  mean), `sample` draws the latent with the seed, and the warm-up requests have the shape."""
+  config = load_config(['atari', 'debug'], {'eval_state_mean': True, 'rssm.discrete': 0})
+  agent = Agent(config, PONG_OBS, PONG_ACT, tf.Variable(0, dtype=tf.int64))
+  module = export.build_policy_module(agent, (64, 64, 1))
+  assert module.info['stoch_shape'] == [4]
+  requests = export.warmup_requests(module.info)
+  assert len(requests) == 3
+  tf.saved_model.save(module, str(tmp_path / 'm'), signatures=export.signature_functions(module))
+  model = tf.saved_model.load(str(tmp_path / 'm'))
+  initial = model.signatures['initial_state'](batch_size=tf.constant(2))
+  assert initial['stoch'].shape == (2, 4)
+  rng = np.random.default_rng(2)
+  obs = {'image': rng.integers(0, 256, (2, 64, 64, 1), dtype=np.uint8),
+         'is_first': np.array([True, False])}
+  state = {'deter': rng.standard_normal((2, 32)).astype(np.float32),
+           'stoch': rng.standard_normal((2, 4)).astype(np.float32),
+           'prev_action': np.eye(6, dtype=np.float32)[[1, 4]]}
+  out, agent_state = agent.policy(obs, state, mode='eval')
+  served = model.signatures['serving_default'](**as_tensors(dict(obs, **state)))
+  np.testing.assert_array_equal(served['action'].numpy(), out['action'].numpy())
+  for key in STATE_KEYS:
+    np.testing.assert_allclose(served[key].numpy(), agent_state[key].numpy(), atol=1e-5)
+  stochs = [model.signatures['sample'](seed=tf.constant(s, tf.int64),
+                                       **as_tensors(dict(obs, **state)))['stoch'].numpy()
+            for s in ([1, 2], [1, 2], [1, 3])]
+  np.testing.assert_array_equal(stochs[0], stochs[1])
+  assert not np.array_equal(stochs[0], stochs[2])
+  assert not np.allclose(stochs[0], served['stoch'].numpy())  # a draw, not the mean
 
 @pytest.mark.slow
 def test_cli_exports_next_version(run, exported, tmp_path):

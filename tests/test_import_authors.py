@@ -26,6 +26,10 @@ DISCRETE = REPO / 'tests' / 'fixtures' / 'discrete_seed0'
 CONTINUOUS = REPO / 'tests' / 'fixtures' / 'continuous_seed1'
 FIXTURES = [pytest.param(DISCRETE, id='discrete_seed0'),
             pytest.param(CONTINUOUS, id='continuous_seed1')]
+GAUSSIAN = REPO / 'tests' / 'fixtures' / 'update_gaussian_seed5'
+RSSM_NORM = REPO / 'tests' / 'fixtures' / 'update_rssmnorm_seed6'
+RSSM_FIXTURES = [pytest.param(GAUSSIAN, id='gaussian_seed5'),
+                 pytest.param(RSSM_NORM, id='rssmnorm_seed6')]
 
 
 def _need(folder: pathlib.Path) -> pathlib.Path:
@@ -70,6 +74,20 @@ def test_fixture_reproduced_within_1e5(folder, capsys):
     assert name in errors
 
 
+@pytest.mark.parametrize('folder', RSSM_FIXTURES)
+def test_rssm_settings_reproduced_within_1e5(folder, capsys):
+  """Gaussian latents (rssm.discrete: False in the authors' config) and rssm.norm: layer."""
+  from dreamerv2_tf.parity.__main__ import main
+  folder = _need(folder)
+  status = main(['authors', str(folder), '--json', '--no_train'])
+  result = json.loads(capsys.readouterr().out)
+  assert result['passed'] is True and status == 0, result
+  latent = 'mean' if folder == GAUSSIAN else 'logit'
+  for name in (f'post_{latent}', f'prior_{latent}', 'feat', f'kl_loss_grad_post_{latent}',
+               f'imag_{latent}', 'model_loss', 'actor_loss'):
+    assert result[name] <= 1e-5
+
+
 def test_relative_error_definition():
   from dreamerv2_tf.parity.authors import relative_error
   ref = np.array([0.0, 1e-9, 2.0, -4.0])
@@ -98,7 +116,7 @@ def test_parity_fails_on_a_wrong_array(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- variable order
 
-@pytest.mark.parametrize('folder', FIXTURES)
+@pytest.mark.parametrize('folder', FIXTURES + RSSM_FIXTURES)
 def test_order_derived_from_config_matches_variables_json(folder):
   """The order and shapes derived from config.yaml alone equal the fixture's variables.json."""
   folder = _need(folder)
@@ -235,22 +253,33 @@ def test_translation_copies_values_and_reports_unused_keys():
   assert config.disag_models == 10 and config.expl_head.units == 400  # copied (expl.py)
   assert config.expl_behavior == 'greedy' and config.expl_until == 0
   for key in ('log_keys_video', 'encoder.mlp_layers',
-              'loss_scales.proprio', 'replay.maxlen', 'envs_parallel', 'rssm.std_act'):
+              'loss_scales.proprio', 'replay.maxlen', 'envs_parallel'):
     assert key in unused
-  assert 'rssm.deter' not in unused and 'rssm.ensemble' not in unused
+  for key in ('rssm.deter', 'rssm.ensemble', 'rssm.std_act', 'rssm.min_std', 'rssm.norm'):
+    assert key not in unused
+  assert (config.rssm.std_act, config.rssm.min_std, config.rssm.norm) == ('sigmoid2', 0.1, 'none')
   assert any(note.startswith('atari_sticky: 0.25') for note in translation.notes)
+
+
+def test_translation_takes_gaussian_latents_and_rssm_norm():
+  authors = _authors_config(_need(DISCRETE))
+  authors['rssm'].update(discrete=False, std_act='softplus', min_std=0.2, norm='layer')
+  config = ia.translate_config(authors).config
+  assert config.rssm.discrete == 0 and not isinstance(config.rssm.discrete, bool)
+  assert (config.rssm.std_act, config.rssm.min_std, config.rssm.norm) == ('softplus', 0.2, 'layer')
 
 
 @pytest.mark.parametrize('key, value, message', [
     ('rssm.ensemble', 2, "rssm.ensemble: 2; only 1 can be imported"),
-    ('rssm.norm', 'layer', "rssm.norm: 'layer'; only 'none'"),
     ('expl_behavior', 'Random', "expl_behavior: 'Random'; allowed: greedy, Plan2Explore, "
      "ModelLoss"),
     ('expl_opt.opt', 'sgd', "expl_opt.opt: 'sgd'; only 'adam'"),
     ('expl_head.dist', 'normal', "expl_head.dist: 'normal'; only 'mse'"),
+    ('rssm.norm', 'batch', "'rssm.norm' is 'batch'; allowed: none, layer"),
+    ('rssm.std_act', 'tanh', "'rssm.std_act' is 'tanh'; allowed: softplus, sigmoid, sigmoid2"),
     ('encoder.mlp_keys', '.*', "encoder.mlp_keys: '.*', which matches vector observations"),
     ('decoder.cnn_keys', '$^', "decoder.cnn_keys: '$^', which does not match 'image'"),
-    ('rssm.discrete', False, 'only categorical latents'),
+    ('rssm.discrete', True, 'rssm.discrete: True; allowed: a number of classes >= 1'),
     ('clip_rewards', 'sign', "clip_rewards: 'sign'"),
     ('actor.dist', 'tanh_normal', "actor.dist: 'tanh_normal'"),
     ('model_opt.opt', 'sgd', "model_opt.opt: 'sgd'; only 'adam'"),

@@ -205,6 +205,154 @@ def test_imagine_equals_chained_img_step():
   assert not np.allclose(seq['deter'][:, 0].numpy(), seq['deter'][:, 1].numpy())
 
 
+# ----------------------------------------------------------------------------- Gaussian latents
+
+def _gaussian_rssm(**kwargs):
+  return nets.RSSM(action_size=3, embed_size=8, deter=16, hidden=16, stoch=4, discrete=0,
+                   **kwargs)
+
+
+def _softplus(x):
+  return np.log1p(np.exp(x))
+
+
+def _sigmoid(x):
+  return 1.0 / (1.0 + np.exp(-x))
+
+
+@pytest.mark.parametrize('std_act, fn', [
+    ('softplus', _softplus),
+    ('sigmoid', _sigmoid),
+    ('sigmoid2', lambda x: 2.0 * _sigmoid(x / 2.0)),
+])
+def test_latent_std_activation_plus_min_std_by_hand(std_act, fn):
+  raw = np.array([-3.0, -0.5, 0.0, 2.0], np.float32)
+  std = dists.latent_std(tf.constant(raw), std_act, 0.3).numpy()
+  np.testing.assert_allclose(std, fn(raw.astype(np.float64)) + 0.3, rtol=1e-6)
+  # At 0: softplus ln 2 + 0.3, sigmoid 0.5 + 0.3, sigmoid2 1 + 0.3.
+  assert std[2] == pytest.approx({'softplus': math.log(2), 'sigmoid': 0.5,
+                                  'sigmoid2': 1.0}[std_act] + 0.3, rel=1e-6)
+
+
+def test_unknown_std_act_is_refused():
+  with pytest.raises(ValueError, match="std_act is 'tanh'; allowed: softplus, sigmoid"):
+    _gaussian_rssm(std_act='tanh')
+
+
+def test_gaussian_kl_closed_form_and_balanced_gradients():
+  """KL(post ‖ prior) of diagonal Gaussians summed over the 4 latents, and the balanced loss's
+  gradients: the posterior gets (1 − 0.8) of the full KL's, the prior 0.8."""
+  rssm = _gaussian_rssm()
+  rng = np.random.default_rng(11)
+  mq, mp = rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 3, 4))
+  sq, sp = rng.uniform(0.2, 2.0, (2, 3, 4)), rng.uniform(0.2, 2.0, (2, 3, 4))
+  params = [tf.constant(x, tf.float32) for x in (mq, sq, mp, sp)]
+  with tf.GradientTape() as tape:
+    tape.watch(params)
+    loss, value = rssm.kl_loss({'mean': params[0], 'std': params[1]},
+                               {'mean': params[2], 'std': params[3]}, balance=0.8, free=0.0)
+  kl = (np.log(sp / sq) + (sq ** 2 + (mq - mp) ** 2) / (2 * sp ** 2) - 0.5).sum(-1)
+  np.testing.assert_allclose(value.numpy(), kl, rtol=1e-5)
+  np.testing.assert_allclose(float(loss), kl.mean(), rtol=1e-5)
+  n = kl.size  # the loss is a mean over the 2 x 3 steps
+  expected = [
+      0.2 * (mq - mp) / sp ** 2 / n,                                  # d / d post mean
+      0.2 * (-1 / sq + sq / sp ** 2) / n,                             # d / d post std
+      0.8 * (mp - mq) / sp ** 2 / n,                                  # d / d prior mean
+      0.8 * (1 / sp - (sq ** 2 + (mq - mp) ** 2) / sp ** 3) / n]      # d / d prior std
+  for grad, want in zip(tape.gradient(loss, params), expected):
+    np.testing.assert_allclose(grad.numpy(), want, rtol=1e-4, atol=1e-7)
+
+
+def _layer_norm(x, layer):
+  mean = x.mean(-1, keepdims=True)
+  var = x.var(-1, keepdims=True)
+  return (x - mean) / np.sqrt(var + 1e-3) * layer.gamma.numpy() + layer.beta.numpy()
+
+
+def _elu(x):
+  return np.where(x > 0, x, np.expm1(np.minimum(x, 0)))
+
+
+def _dense_np(x, layer):
+  return x @ layer.kernel.numpy() + layer.bias.numpy()
+
+
+def test_gaussian_obs_step_with_layer_norm_by_hand():
+  """rssm.discrete 0, norm layer, std_act softplus, min_std 0.2: the prior and posterior stats,
+  stoch (the mean with sample=False), state keys and features, recomputed in numpy."""
+  rssm = _gaussian_rssm(norm='layer', std_act='softplus', min_std=0.2)
+  rng = np.random.default_rng(12)
+  for v in rssm.trainable_variables:
+    v.assign(0.5 * rng.normal(size=v.shape).astype(np.float32))
+  assert {k: tuple(v.shape) for k, v in rssm.initial(2).items()} == {
+      'deter': (2, 16), 'stoch': (2, 4), 'mean': (2, 4), 'std': (2, 4)}
+  assert rssm.feat_size == 4 + 16 and rssm.stoch_shape == (4,)
+  prev = {'deter': rng.normal(size=(2, 16)).astype(np.float32),
+          'stoch': rng.normal(size=(2, 4)).astype(np.float32)}
+  action = rng.normal(size=(2, 3)).astype(np.float32)
+  embed = rng.normal(size=(2, 8)).astype(np.float32)
+  post, prior = rssm.obs_step({k: tf.constant(v) for k, v in prev.items()}, action, embed,
+                              tf.constant([False, False]), sample=False)
+  x = _elu(_layer_norm(_dense_np(np.concatenate([prev['stoch'], action], -1), rssm.img_in),
+                       rssm.img_in_norm))
+  deter = rssm.cell(tf.constant(x, tf.float32), tf.constant(prev['deter'])).numpy()
+
+  def stats(layer_out, layer_norm, layer_dist, inputs):
+    out = _dense_np(_elu(_layer_norm(_dense_np(inputs, layer_out), layer_norm)), layer_dist)
+    return out[:, :4], _softplus(out[:, 4:]) + 0.2
+
+  for state, (mean, std) in (
+      (prior, stats(rssm.img_out, rssm.img_out_norm, rssm.img_dist, deter)),
+      (post, stats(rssm.obs_out, rssm.obs_out_norm, rssm.obs_dist,
+                   np.concatenate([deter, embed], -1)))):
+    assert sorted(state) == ['deter', 'mean', 'std', 'stoch']
+    np.testing.assert_allclose(state['deter'].numpy(), deter, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(state['mean'].numpy(), mean, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(state['std'].numpy(), std, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(state['stoch'].numpy(), state['mean'].numpy())
+  feat = rssm.get_feat(post).numpy()
+  np.testing.assert_array_equal(feat, np.concatenate([post['stoch'], post['deter']], -1))
+
+
+def test_gaussian_samples_are_reparameterised_and_modes_under_the_switch():
+  rssm = _gaussian_rssm()
+  rng = np.random.default_rng(13)
+  embed = tf.constant(rng.normal(size=(2, 5, 8)), tf.float32)
+  action = tf.constant(rng.normal(size=(2, 5, 3)), tf.float32)
+  is_first = tf.constant([[True] + [False] * 4] * 2)
+  post, prior = rssm.observe(embed, action, is_first)
+  assert post['stoch'].shape == (2, 5, 4) and prior['mean'].shape == (2, 5, 4)
+  assert not np.allclose(post['stoch'].numpy(), post['mean'].numpy())
+  noise = (post['stoch'] - post['mean']) / post['std']  # ε ~ N(0, 1)
+  assert 0.2 < float(tf.math.reduce_std(noise)) < 3.0
+  with dists.mode_draws():
+    post_mode, _ = rssm.observe(embed, action, is_first)
+  np.testing.assert_array_equal(post_mode['stoch'].numpy(), post_mode['mean'].numpy())
+  mode_post, _ = rssm.observe(embed, action, is_first, sample=False)
+  np.testing.assert_allclose(post_mode['mean'].numpy(), mode_post['mean'].numpy(), atol=1e-6)
+
+
+def test_gaussian_latent_agent_trains_and_acts():
+  """The debug Pong agent with rssm.discrete 0: features stoch + deter = 4 + 32, finite
+  updates that change the weights, a policy state with stoch [B, 4]."""
+  agent, _ = make_agent('atari', 'debug', **{'rssm.discrete': 0})
+  assert agent.wm.rssm.feat_size == 36
+  before = [v.numpy().copy() for v in agent.wm.rssm.trainable_variables]
+  for seed in range(2):
+    metrics = agent.train(random_batch(2, 10, seed))
+  assert all(np.isfinite(float(v)) for v in metrics.values())
+  assert float(metrics['post_ent']) != 0.0 and float(metrics['kl_loss']) > 0.0
+  assert any(not np.array_equal(a, v.numpy())
+             for a, v in zip(before, agent.wm.rssm.trainable_variables))
+  data = random_batch(1, 2)
+  obs = {'image': data['image'][:, 0].repeat(3, 0), 'is_first': np.array([True] * 3)}
+  out, state = agent.policy(obs, None, mode='eval')
+  assert state['stoch'].shape == (3, 4) and out['action'].shape == (3, 6)
+  out, state = agent.policy(obs, state, mode='train')
+  assert np.isfinite(state['stoch'].numpy()).all()
+
+
 def test_gru_cell_formula_by_hand():
   cell = nets.GRUCell(in_size=2, size=3)
   rng = np.random.default_rng(5)

@@ -98,6 +98,27 @@ def test_mode_draws_truncated_normal_is_the_clipped_location():
   assert tape.gradient(total, std) is None
 
 
+def test_mode_draws_gaussian_latent_is_the_mean_with_the_reparameterisation_path():
+  mean = tf.constant([[0.5, -2.0, 1.0]])
+  std = tf.constant([[0.3, 1.5, 0.2]])
+  weights = tf.constant([[1.0, 2.0, 3.0]])
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch([mean, std])
+    with dists.mode_draws():
+      draw = dists.gaussian_latent(mean, std).sample()
+    total = tf.reduce_sum(draw * weights)
+  # The draw is mean + std·ε at ε = 0: the mean, d draw / d mean = 1, d draw / d std = 0.
+  np.testing.assert_array_equal(draw.numpy(), mean.numpy())
+  np.testing.assert_array_equal(tape.gradient(total, mean), weights.numpy())
+  assert tape.gradient(total, std) is None
+  # Outside the switch the draw is random and reparameterised: its gradient reaches the std.
+  with tf.GradientTape() as tape:
+    tape.watch(std)
+    draw = dists.gaussian_latent(mean, std).sample(seed=(1, 2))
+  assert not np.array_equal(draw.numpy(), mean.numpy())
+  np.testing.assert_allclose(tape.gradient(draw, std), (draw - mean) / std, rtol=1e-5)
+
+
 def test_tolerance_exceptions_are_only_the_documented_ones():
   assert authors.update_tolerance('u3.metric.actor_loss')[0] == 1e-4
   assert authors.update_tolerance('u3.metric.critic_loss')[0] == authors.TOLERANCE
@@ -112,20 +133,31 @@ def test_tolerance_exceptions_are_only_the_documented_ones():
 KL_HALF = FIXTURES / 'update_klbalance05_seed2'
 LAYER_NORM = FIXTURES / 'update_layernorm_seed3'
 REWARD_NORM = FIXTURES / 'update_rewnorm_seed4'
-SETTINGS = [KL_HALF, LAYER_NORM, REWARD_NORM]
+GAUSSIAN = FIXTURES / 'update_gaussian_seed5'
+RSSM_NORM = FIXTURES / 'update_rssmnorm_seed6'
+SETTINGS = [KL_HALF, LAYER_NORM, REWARD_NORM, GAUSSIAN, RSSM_NORM]
 
 
 @pytest.mark.parametrize('folder', SETTINGS, ids=lambda p: p.name)
 def test_setting_fixtures_forward_and_updates(folder):
   """Settings beyond the published configs, each in a fixture made with the authors' code:
   kl.balance 0.5 (their separate no-balancing branch), norm: layer in every net (their
-  NormLayer) and reward normalisation at momentum 0.9, scale 2 (their StreamNorm)."""
+  NormLayer), reward normalisation at momentum 0.9, scale 2 (their StreamNorm), Gaussian
+  latents (rssm.discrete 0, their MultivariateNormalDiag) and rssm.norm: layer (their NormLayer
+  on img_in, img_out, obs_out)."""
   forward = authors.check_fixture(folder, with_train=False)
   assert forward['passed'], (forward['worst'], forward['max_rel_error'])
   if folder == KL_HALF:
     # The gradient of the KL loss with respect to both logits is the original's.
     assert forward['errors']['kl_loss_grad_post_logit'] <= 1e-5
     assert forward['errors']['kl_loss_grad_prior_logit'] <= 1e-5
+  if folder == GAUSSIAN:
+    # The Gaussian state keys and the KL loss's gradients with respect to them.
+    for side in ('post', 'prior', 'imag'):
+      for key in ('mean', 'std', 'stoch'):
+        assert forward['errors'][f'{side}_{key}'] <= 1e-5
+    for name in ('post_mean', 'post_std', 'prior_mean', 'prior_std'):
+      assert forward['errors'][f'kl_loss_grad_{name}'] <= 1e-5
   result = authors.check_updates(folder)
   print(authors.format_updates(result, folder))
   assert not result['missing']
@@ -198,3 +230,7 @@ def test_explorer_setting_fixtures_match_the_authors(folder):
   for u in (1, 2):
     for name in ('expl_loss', 'actor_loss', 'critic_loss', 'reward_mean'):
       assert result['errors'][f'u{u}.metric.expl_{name}'] <= authors.TOLERANCE, name
+  if folder == RSSM_NORM:
+    # The RSSM's three LayerNorms were imported and trained.
+    norms = [p for p in result['paths'].values() if '/rssm/_modules/' in p and '_norm' in p]
+    assert len(norms) == 6

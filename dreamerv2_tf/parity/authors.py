@@ -74,7 +74,8 @@ def recompute(imported, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarra
   Returns:
     {array name: float32 numpy array}, the names of outputs.npz (without train_metrics.*);
     continuous-action fixtures get actor_loc/scale/mean/stddev instead of actor_logits/probs,
-    fixtures without a discount head no discount_* arrays.
+    fixtures without a discount head no discount_* arrays; Gaussian-latent fixtures have
+    mean/std where categorical ones have logit (post_mean, kl_loss_grad_prior_std, imag_std, ...).
   """
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from dreamerv2_tf.actor_critic import lambda_return  # pylint: disable=import-outside-toplevel
@@ -104,8 +105,9 @@ def recompute(imported, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarra
     state = post
   post = {k: tf.stack([p[k] for p in posts], 1) for k in posts[0]}
   prior = {k: tf.stack([p[k] for p in priors], 1) for k in priors[0]}
+  latent_keys = (*rssm.stats_keys, 'stoch', 'deter')
   for name, value in (('post', post), ('prior', prior)):
-    for key in ('logit', 'stoch', 'deter'):
+    for key in latent_keys:
       out[f'{name}_{key}'] = value[key]
   feat = rssm.get_feat(post)
   out['feat'] = feat
@@ -137,11 +139,13 @@ def recompute(imported, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarra
   out['kl_value'] = kl_value
   post_w = {k: tf.identity(v) for k, v in post.items()}
   prior_w = {k: tf.identity(v) for k, v in prior.items()}
+  watched = {f'{side}_{key}': state[key] for side, state in (('post', post_w), ('prior', prior_w))
+             for key in rssm.stats_keys}
   with tf.GradientTape() as tape:
-    tape.watch([post_w['logit'], prior_w['logit']])
+    tape.watch(list(watched.values()))
     kl_loss_w, _ = rssm.kl_loss(post_w, prior_w, **kl)
-  grads = tape.gradient(kl_loss_w, [post_w['logit'], prior_w['logit']])
-  out['kl_loss_grad_post_logit'], out['kl_loss_grad_prior_logit'] = grads
+  grads = tape.gradient(kl_loss_w, list(watched.values()))
+  out.update({f'kl_loss_grad_{name}': grad for name, grad in zip(watched, grads)})
   losses = {'kl': kl_loss}
   for name in wm.heads:
     key = 'image' if name == 'decoder' else name
@@ -165,7 +169,7 @@ def recompute(imported, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarra
 
   seq = wm.imagine(ac.policy, post, data['is_terminal'], IMAG_HORIZON, sample=False,
                    action_sample=False)
-  for key in ('logit', 'stoch', 'deter', 'feat', 'action', 'discount', 'weight'):
+  for key in (*latent_keys, 'feat', 'action', 'discount', 'weight'):
     out[f'imag_{key}'] = seq[key]
   seq['reward'] = wm.head_dist('reward', seq['feat']).mode()
   out['imag_reward'] = seq['reward']
