@@ -116,6 +116,14 @@ FIXTURES = {
                'encoder.cnn_depth': 2, 'decoder.cnn_depth': 2},
         drop=[],
         what='Atari config with norm: layer in encoder, decoder, heads, actor and critic'),
+    'update_layernorm_wide_seed10': dict(
+        args=['--kind', 'discrete', '--seed', '10', '--updates', '2', '--reload-checks', '0'],
+        sizes={'encoder.norm': 'layer', 'decoder.norm': 'layer', 'reward_head.norm': 'layer',
+               'discount_head.norm': 'layer', 'actor.norm': 'layer', 'critic.norm': 'layer',
+               'encoder.cnn_depth': 8, 'decoder.cnn_depth': 8},
+        drop=[],
+        what='Atari config with norm: layer as update_layernorm_seed3, but encoder and decoder '
+             'cnn_depth 8 (LayerNorm over 8-64 conv channels instead of 2-16)'),
     'update_rewnorm_seed4': dict(
         args=['--kind', 'discrete', '--seed', '4', '--updates', '2', '--reload-checks', '0'],
         sizes={'reward_norm.momentum': 0.9, 'reward_norm.scale': 2.0, 'encoder.cnn_depth': 2,
