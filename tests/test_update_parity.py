@@ -209,7 +209,7 @@ def test_setting_fixtures_forward_and_updates(folder):
   assert not result['missing']
   if folder == LAYER_NORM:
     # Conditioning, not a bug (README settings table, row `norm: layer`; the same setting with
-    # convolutions 4x wider, LAYER_NORM_WIDE below, agrees ~20x closer). With LayerNorm over only
+    # convolutions 4x wider, LAYER_NORM_WIDE below, agrees 14-40x closer). With LayerNorm over only
     # 2-16 conv channels (cnn_depth 2) the float32 gradients differ by up to 4.2e-6 (measured
     # free of Adam on the zero-initialised arrays by inverting their first step), and Adam's first
     # step ±lr·g/(|g| + ε'), ε' = ε/√(1 − β₂) = 3.2e-4, amplifies that on the elements with
@@ -233,7 +233,7 @@ def test_setting_fixtures_forward_and_updates(folder):
     assert all(e <= 2e-4 for k, e in errors.items() if '.adam.' in k or '.grad_norm' in k)
     return
   if folder == LAYER_NORM_WIDE:
-    # The same setting with encoder and decoder cnn_depth 8: the gradients agree ~20x closer
+    # The same setting with encoder and decoder cnn_depth 8: the gradients agree 14-40x closer
     # (first-step gradients of the zero-initialised arrays within 3.0e-7, gradient norms 7.6e-7,
     # Adam moments 2.1e-6) and every array is within the standard tolerances but one
     # zero-initialised bias, the decoder's convin/bias: 2.2e-4 after update 1, over the bias
