@@ -1,4 +1,4 @@
-"""Actor-critic trained in imagination, λ-returns, target critic (SPEC.md §4, §8).
+"""Actor-critic trained in imagination, λ-returns, target critic (docs/reference.md §4, §8).
 
 Time alignment of an imagined trajectory (time-major, H + 1 = 16 states, N columns):
 
@@ -44,7 +44,7 @@ def lambda_return(reward: tf.Tensor, value: tf.Tensor, discount: tf.Tensor,
   Returns:
     returns of the same shape as `reward`.
 
-  Example (SPEC/issue 4): reward [1, 2, 3], value [10, 20, 30], discount 0.5, bootstrap 40:
+  Example (docs/reference.md §4): reward [1, 2, 3], value [10, 20, 30], discount 0.5, bootstrap 40:
   λ = 0 → [11, 17, 23]; λ = 1 → [7.75, 13.5, 23].
   """
   if axis != 0:
@@ -95,7 +95,7 @@ class RewardNorm(tf.Module):
 
 
 class ActorCritic(tf.Module):
-  """Actor, critic, target critic and their optimisers (SPEC.md §4).
+  """Actor, critic, target critic and their optimisers (docs/reference.md §4).
 
   Args:
     feat_size: F. action_size: A. discrete: one-hot actions (else continuous in [−1, 1]).
@@ -277,7 +277,7 @@ class ActorCritic(tf.Module):
 
     The copy happens when the counter is a multiple of the period (first at 0, i.e. right
     after the first critic step), with fraction 1 on the first copy; the counter then
-    increments (SPEC.md §8).
+    increments (docs/reference.md §8).
     """
     if not self.slow_target:
       return

@@ -12,7 +12,7 @@ The policy state is a flat dict `{'deter': [B, D], 'stoch': [B, S, K], 'prev_act
 (float32; `stoch` [B, S] for Gaussian latents, `rssm.discrete: 0`), the same tensors the
 exported SavedModel takes and returns. The agent is a `tf.Module`:
 `tf.train.Checkpoint(agent=agent)` saves every variable, the optimisers' slots, loss scales and
-`agent.updates` included (SPEC.md §5, §6, §8). `agent.variables` and
+`agent.updates` included (docs/reference.md §5, §6, §8). `agent.variables` and
 `agent.trainable_variables` list every variable exactly once (tf.Module alone does not see
 Keras 3 layers); `build_parts` creates all layers and optimisers, so constructing the Agent
 inside a `tf.distribute` strategy's scope (`scope=strategy.scope()`) places all of them.
@@ -44,7 +44,7 @@ class ActSpace:
 
 
 def configure_precision(precision: int) -> str:
-  """Sets the global Keras dtype policy and returns its name (SPEC.md §5).
+  """Sets the global Keras dtype policy and returns its name (docs/reference.md §5).
 
   `precision: 16` gives `mixed_float16` when a GPU is visible, else float32 (float16 is
   slower than float32 on CPUs). `precision: 32` gives float32; 'bf16' gives `mixed_bfloat16`
@@ -203,7 +203,7 @@ class Agent(tf.Module):
 
   def policy(self, obs: dict, state: dict | None = None, mode: str = 'train',
              step: int | None = None):
-    """One acting step for a batch of environments (SPEC.md §8).
+    """One acting step for a batch of environments (docs/reference.md §8).
 
     Args:
       obs: the encoder's keys (e.g. 'image' uint8 [B, H, W, C], vectors float32 [B, n]) and
@@ -275,7 +275,7 @@ class Agent(tf.Module):
     return tuple(keys) + ('action', 'reward', 'is_first', 'is_terminal')
 
   def train(self, data: dict) -> dict:
-    """One update: world model, then actor and critic in imagination (SPEC.md §8), then the
+    """One update: world model, then actor and critic in imagination (docs/reference.md §8), then the
     explorer's heads, actor and critic (expl.py), as in the authors' `Agent.train`.
 
     Args:

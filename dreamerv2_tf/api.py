@@ -16,7 +16,7 @@
 
 Observation and action rules: dreamerv2_tf/envs/gym_env.py (images → CNN, vectors → MLP, chosen by
 the `encoder`/`decoder` `cnn_keys`/`mlp_keys` regexes; Discrete → one-hot, Box → [-1, 1];
-terminated → is_terminal, truncated → is_last only, SPEC.md §1). Runs of an API env record
+terminated → is_terminal, truncated → is_last only, docs/reference.md §1). Runs of an API env record
 the task `custom_<name>` (the env's spec id or class name, or `name=`) in `<logdir>/config.yaml`;
 running `train` again on the same logdir resumes from its latest checkpoint, as train.py does.
 

@@ -56,6 +56,8 @@ import sys
 import tempfile
 import time
 
+from dreamerv2_tf import cli
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PEER_SCRIPT = ROOT.parent / 'shared' / 'peer' / 'peer_bench.py'
 MARK = '@@BENCH_JSON@@'
@@ -479,7 +481,7 @@ def print_tracking(curves: dict, window: int = 50) -> None:
 # ---------------------------------------------------------------- driver ----------------------
 
 def parse(argv=None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
+  parser = cli.ArgumentParser(
       prog='python -m dreamerv2_tf.bench', description=__doc__.split('\n', 1)[0],
       formatter_class=argparse.RawDescriptionHelpFormatter)
   add = parser.add_argument

@@ -1,4 +1,4 @@
-"""Checkpoints that resume a run exactly where it stopped (SPEC.md §6; issue 5).
+"""Checkpoints that resume a run exactly where it stopped (docs/reference.md §6; issue 5).
 
 One `tf.train.Checkpoint` holds, by attribute name:
 - `agent`: the agent (`tf.Module`): world model, actor, critic, target critic, the three

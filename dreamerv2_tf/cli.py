@@ -13,6 +13,7 @@ TensorFlow, and exits with the tool's status.
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 
@@ -50,3 +51,12 @@ def import_authors() -> None:
   """`dreamerv2-import-authors`: converts the authors' checkpoints (dreamerv2_tf.import_authors)."""
   from dreamerv2_tf import import_authors as tool  # pylint: disable=import-outside-toplevel
   sys.exit(tool.main())
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse.ArgumentParser whose errors are the project's one line, `<prog>: error: <message>`,
+  with exit status 2 (argparse's own prints the whole usage block first). `--help` is unchanged.
+  Sub-command parsers made by `add_subparsers` are of this class too."""
+
+  def error(self, message: str):
+    self.exit(2, f'{self.prog}: error: {message} (--help lists the options)\n')

@@ -1,4 +1,4 @@
-"""The one place that sets a run's precision, seeds and tf.function mode (SPEC.md §5).
+"""The one place that sets a run's precision, seeds and tf.function mode (docs/reference.md §5).
 
 `setup(precision, seed, jit)` is called once, before any model is built (the training Runner,
 `evaluate`): it picks the Keras dtype policy (mixed float16 only with `precision: 16` AND a GPU,

@@ -1,4 +1,4 @@
-"""Distributions of DreamerV2, built on tensorflow-probability (SPEC.md §3, §4, §8).
+"""Distributions of DreamerV2, built on tensorflow-probability (docs/reference.md §3, §4, §8).
 
 Every distribution here computes in float32 whatever the layer precision: the callers cast
 their parameters with `tf.cast(x, tf.float32)` first (mixed float16 would break
@@ -67,7 +67,7 @@ class OneHotDist(tfd.OneHotCategorical):
 
   `sample()` returns float32 one-hot vectors [..., K] (exactly 0 or 1 in the forward pass)
   whose gradient with respect to the logits equals that of `probs`. `mode()` is the one-hot
-  argmax. `log_prob(x)` treats `x` as a constant (no gradient into the event; SPEC.md §8).
+  argmax. `log_prob(x)` treats `x` as a constant (no gradient into the event; docs/reference.md §8).
   """
 
   def __init__(self, logits=None, probs=None, dtype=tf.float32, validate_args=False,
@@ -110,7 +110,7 @@ class OneHotDist(tfd.OneHotCategorical):
 
 
 class TruncNormalDist(tfd.TruncatedNormal):
-  """Truncated normal on [low, high] with clipped, straight-through samples (SPEC.md §4).
+  """Truncated normal on [low, high] with clipped, straight-through samples (docs/reference.md §4).
 
   Args:
     loc, scale: float tensors [..., A]; cast to float32.
@@ -221,7 +221,7 @@ def categorical_latent(logits: tf.Tensor) -> tfd.Distribution:
 
 
 def image_dist(mean: tf.Tensor) -> tfd.Distribution:
-  """Unit-variance Normal over [..., H, W, C] images, log-prob summed over H, W, C (SPEC §3)."""
+  """Unit-variance Normal over [..., H, W, C] images, log-prob summed over H, W, C (docs/reference.md §3)."""
   return tfd.Independent(tfd.Normal(tf.cast(mean, tf.float32), 1.0), 3)
 
 
@@ -243,7 +243,7 @@ def bernoulli(logits: tf.Tensor) -> tfd.Distribution:
 
 def action_dist(kind: str, mean: tf.Tensor, std: tf.Tensor | None = None,
                 min_std: float = 0.1, init_std: float = 0.0) -> tfd.Distribution:
-  """The actor's distribution (SPEC.md §4).
+  """The actor's distribution (docs/reference.md §4).
 
   Args:
     kind: 'onehot' (mean are logits [..., A]) or 'trunc_normal' (mean and std are raw

@@ -1,7 +1,7 @@
-"""Steps a vector environment with a policy and reports every transition (SPEC.md §6, §8).
+"""Steps a vector environment with a policy and reports every transition (docs/reference.md §6, §8).
 
 The environment is a `VecEnv` (`dreamerv2_tf.envs.make_vec_env`): `reset()` and `step(action)`
-return a batched transition dict `{key: [N, ...]}` (SPEC.md §1), and a worker whose previous
+return a batched transition dict `{key: [N, ...]}` (docs/reference.md §1), and a worker whose previous
 transition had `is_last` ignores its action and returns its reset transition (`is_first` True).
 
 Counting: an AGENT STEP is a transition with `is_first` False (the reset transitions are not
@@ -11,7 +11,7 @@ driver never converts to frames.
 Environment failures: with a `rebuild` factory the driver replaces an env that raises, drops
 its unfinished episodes and stops after `max_failures` failures in a row (issue 12).
 
-The policy state carries across calls and across episodes (SPEC.md §8: it is reset only by
+The policy state carries across calls and across episodes (docs/reference.md §8: it is reset only by
 `is_first`, which the agent's `policy` handles); `reset()` starts over from `env.reset()`.
 """
 
@@ -28,7 +28,7 @@ Policy = Callable[[Mapping[str, np.ndarray], Any], tuple[np.ndarray, Any]]
 
 
 class RandomPolicy:
-  """Uniform random actions (SPEC.md §6 prefill): one-hot uniform over `size` actions when
+  """Uniform random actions (docs/reference.md §6 prefill): one-hot uniform over `size` actions when
   `discrete`, else uniform in [-1, 1]^size. Returns float32 [N, size] and state None.
 
   Args:
@@ -204,5 +204,5 @@ class Driver:
 
   @staticmethod
   def _policy_obs(obs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The batched transition without `log_*` keys (never fed to the model, SPEC.md §1)."""
+    """The batched transition without `log_*` keys (never fed to the model, docs/reference.md §1)."""
     return {k: v for k, v in obs.items() if not k.startswith('log_')}

@@ -2,7 +2,7 @@
 [--video OUT.mp4] [--output FILE]`.
 
 Loads `<logdir>/config.yaml` and the latest checkpoint in `<logdir>/checkpoints` (or
-`--checkpoint PREFIX`), plays N episodes with the actor's mode (SPEC.md §6, §8: `policy(...,
+`--checkpoint PREFIX`), plays N episodes with the actor's mode (docs/reference.md §6, §8: `policy(...,
 mode='eval')`; the latent is sampled unless the run's `eval_state_mean` is true) in a fresh
 evaluation environment, prints the mean and standard deviation (population, ddof 0) of the
 returns, and then writes them atomically to `--output` (default `<logdir>/evaluation.json`):
@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 # TensorFlow is imported inside `evaluate` only: DMC's worker process re-imports this module.
+from dreamerv2_tf import cli
 from dreamerv2_tf.config import Config, ConfigError, load_config, read_blocks
 from dreamerv2_tf.validate import validate
 
@@ -368,7 +369,7 @@ def _play_checkpoint(config, logdir, checkpoint, episodes, seed, video_path, fps
 
 def main(argv: list[str] | None = None) -> int:
   """Command line; returns the exit status (0 done, 2 bad input or result not saved)."""
-  parser = argparse.ArgumentParser(
+  parser = cli.ArgumentParser(
       prog='python -m dreamerv2_tf.evaluate',
       description='Play evaluation episodes with the latest checkpoint of a training run.')
   parser.add_argument('--logdir', required=True, help='run directory written by train.py')

@@ -1,4 +1,4 @@
-"""Exports a trained policy as a SavedModel for TensorFlow Serving (SPEC.md §8; issue 7).
+"""Exports a trained policy as a SavedModel for TensorFlow Serving (docs/reference.md §8; issue 7).
 
     python -m dreamerv2_tf.export --logdir DIR --out EXPORT_DIR [--version N]
 
@@ -60,6 +60,7 @@ from typing import Any, Mapping
 import numpy as np
 import tensorflow as tf
 
+from dreamerv2_tf import cli
 from dreamerv2_tf import envs
 from dreamerv2_tf.agent import Agent
 from dreamerv2_tf.checkpoint import CheckpointError, latest_readable
@@ -91,7 +92,7 @@ def _raw_variable(variable):
 
 
 def build_policy_module(agent, image_shape) -> Any:
-  """The `tf.Module` that the SavedModel holds: the acting part of `agent` (SPEC.md §8).
+  """The `tf.Module` that the SavedModel holds: the acting part of `agent` (docs/reference.md §8).
 
   Args:
     agent: a built `dreamerv2_tf.agent.Agent` computing in float32 (precision 32, or a CPU).
@@ -427,7 +428,7 @@ def export_policy(logdir: str | os.PathLike, out: str | os.PathLike,
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(
+  parser = cli.ArgumentParser(
       prog='python -m dreamerv2_tf.export',
       description='Export the latest checkpoint of a training run as a SavedModel version '
                   'folder for TensorFlow Serving.')

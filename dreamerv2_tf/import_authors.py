@@ -52,6 +52,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from dreamerv2_tf import cli
 from dreamerv2_tf.config import Config, ConfigError, load_config
 from dreamerv2_tf.validate import validate
 
@@ -205,7 +206,8 @@ _REQUIRED = {
 # The authors' expl_behavior values (class names in their expl.py) and this project's names.
 _BEHAVIORS = {'greedy': 'greedy', 'Plan2Explore': 'plan2explore', 'ModelLoss': 'model_loss'}
 # Names of vector observations of the authors' environments (Atari `ram`, dm_control
-# proprioception); `mlp_keys` must match none of them, since only images are modelled here.
+# proprioception); `mlp_keys` must match none of them: the importer takes image-only agents
+# (training itself supports vectors, e.g. the dmc_proprio overlay).
 _VECTOR_KEY_PROBES = (
     'ram', 'position', 'velocity', 'orientations', 'orientation', 'joint_angles', 'to_target',
     'touch', 'extremities', 'com_velocity', 'torso_velocity', 'egocentric_state', 'arm_pos',
@@ -941,7 +943,7 @@ def format_unused(unused: Sequence[tuple[str, Any, str]]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
   """Command line; returns the exit status (1 with a message on AuthorsImportError)."""
-  parser = argparse.ArgumentParser(
+  parser = cli.ArgumentParser(
       prog='python -m dreamerv2_tf.import_authors',
       description='Turn a checkpoint of the authors\' DreamerV2 release (variables.pkl + '
       'config.yaml) into this project\'s run folder (config.yaml + checkpoint).')

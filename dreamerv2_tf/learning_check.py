@@ -44,6 +44,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from dreamerv2_tf import cli
 from dreamerv2_tf import learning_task
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -53,7 +54,7 @@ QUIET_PREFIXES = ('Episode has ',)  # the authors' per-episode lines stay in the
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(prog='python -m dreamerv2_tf.learning_check',
+  p = cli.ArgumentParser(prog='python -m dreamerv2_tf.learning_check',
                               description=__doc__.split('\n')[0])
   p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
   p.add_argument('--episodes', type=int, default=50, help='evaluation episodes per policy')

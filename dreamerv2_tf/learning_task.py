@@ -92,7 +92,7 @@ def play(env: gym.Env, policy: Callable[[dict], int], episodes: int,
          seed: int) -> tuple[list[float], list[int]]:
   """Plays `episodes` episodes; returns (returns, lengths in agent steps).
 
-  `policy(transition) -> action index` sees transitions shaped like SPEC.md §1 (image, reward,
+  `policy(transition) -> action index` sees transitions shaped like docs/reference.md §1 (image, reward,
   is_first, is_last, is_terminal); it is called once per agent step, first with the reset
   transition (is_first True). The env is seeded once, with `seed`, on the first reset.
   """

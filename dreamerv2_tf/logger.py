@@ -1,4 +1,4 @@
-"""Training logs: a terminal line, `metrics.jsonl` and TensorBoard (SPEC.md §6, §8).
+"""Training logs: a terminal line, `metrics.jsonl` and TensorBoard (docs/reference.md §6, §8).
 
 Every record carries one `step`, in FRAMES (agent steps × action_repeat): the unit of every
 logged step in this port and in the authors' score files. The caller converts; this module never
@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence, TextIO
 
 import numpy as np
 
-# Keys the terminal line shows first, in this order (SPEC.md §8 names).
+# Keys the terminal line shows first, in this order (docs/reference.md §8 names).
 MAIN_KEYS = (
     'train_return', 'train_length', 'eval_return', 'eval_length', 'model_loss', 'image_loss',
     'reward_loss', 'discount_loss', 'model_kl', 'actor_loss', 'actor_ent', 'critic_loss',

@@ -1,4 +1,4 @@
-"""The training loop of SPEC.md §6: prefill → pretrain → act/train/evaluate/log/checkpoint.
+"""The training loop of docs/reference.md §6: prefill → pretrain → act/train/evaluate/log/checkpoint.
 
 Units: every count in the config (`steps`, `prefill`, `train_every`, `eval_every`, `log_every`)
 is in AGENT steps (one policy decision; a transition with `is_first` False). Every logged `step`

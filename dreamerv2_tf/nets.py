@@ -1,4 +1,4 @@
-"""Keras layers of DreamerV2: encoder, decoder, MLP heads, GRU cell and RSSM (SPEC.md §3, §8).
+"""Keras layers of DreamerV2: encoder, decoder, MLP heads, GRU cell and RSSM (docs/reference.md §3, §8).
 
 Conventions:
 - Batch-major inputs `[B, T, ...]` for sequences; `RSSM.observe`/`imagine` return batch-major
@@ -73,7 +73,7 @@ class Encoder(keras.layers.Layer):
   """Conv encoder: 4 convs, kernel 4, stride 2, 'valid', depths depth·(1, 2, 4, 8), ELU.
 
   Input: preprocessed image float [..., 64, 64, C] in [−0.5, 0.5]. Output: embed [..., E] with
-  E = 2·2·8·depth (1536 for depth 48), flattened in (H, W, C) order. SPEC.md §3.
+  E = 2·2·8·depth (1536 for depth 48), flattened in (H, W, C) order. docs/reference.md §3.
   """
 
   def __init__(self, image_shape: Sequence[int], depth: int = 48,
@@ -114,7 +114,7 @@ class Decoder(keras.layers.Layer):
 
   Input: feat [..., F]. Output: image mean [..., 64, 64, C] (compute dtype); the image
   distribution is `dists.image_dist(mean)`. Depths depth·(4, 2, 1) then C, ELU except last.
-  SPEC.md §3.
+  docs/reference.md §3.
   """
 
   def __init__(self, feat_size: int, image_shape: Sequence[int], depth: int = 48,
@@ -165,7 +165,7 @@ class Decoder(keras.layers.Layer):
 
 
 class MLP(keras.layers.Layer):
-  """`layers` Dense(units, act) then an output Dense(out_size) (SPEC.md §3, §8).
+  """`layers` Dense(units, act) then an output Dense(out_size) (docs/reference.md §3, §8).
 
   Input [..., in_size]; returns the output [..., out_size] (compute dtype). With
   `std_out`, a second Dense(out_size) on the same last hidden layer is built and `call`
@@ -203,7 +203,7 @@ class MLP(keras.layers.Layer):
 
 
 class GRUCell(keras.layers.Layer):
-  """DreamerV2's GRU cell with layer norm (SPEC.md §3).
+  """DreamerV2's GRU cell with layer norm (docs/reference.md §3).
 
   parts = LayerNorm_float32(Dense(3·size)(concat(x, h))); split into reset r, candidate c,
   update u; r = σ(r); c = tanh(r·c); u = σ(u − 1); h' = u·c + (1 − u)·h.
@@ -229,7 +229,7 @@ class GRUCell(keras.layers.Layer):
 
 
 class RSSM(keras.layers.Layer):
-  """Recurrent state-space model with categorical or Gaussian latents (SPEC.md §3).
+  """Recurrent state-space model with categorical or Gaussian latents (docs/reference.md §3).
 
   img_step (prior): x = act(norm(img_in(concat(flatten(z), a)))); h = GRU(x, h);
     stats = img_dist(act(norm(img_out(h)))).
@@ -414,7 +414,7 @@ class RSSM(keras.layers.Layer):
 
   def kl_loss(self, post: State, prior: State, forward: bool = False, balance: float = 0.8,
               free: float = 0.0, free_avg: bool = True):
-    """KL balancing with free nats (SPEC.md §3).
+    """KL balancing with free nats (docs/reference.md §3).
 
     loss = mix·max(mean KL(post‖sg(prior)), free) + (1 − mix)·max(mean KL(sg(post)‖prior), free)
     with mix = 1 − balance (`forward=False`); the KL sums over the S latents. With
@@ -515,7 +515,7 @@ def _selected(shapes: dict, cnn_keys: str, mlp_keys: str, net: str):
 
 
 class MultiEncoder(Encoder):
-  """Encoder of a dict of observations (the authors' `cnn_keys`/`mlp_keys`, SPEC.md §3).
+  """Encoder of a dict of observations (the authors' `cnn_keys`/`mlp_keys`, docs/reference.md §3).
 
   Rank-3 keys matching `cnn_keys` are stacked along channels and go through the conv encoder
   (`Encoder`, same variables `conv{i}`); rank-1 keys matching `mlp_keys` are concatenated and go

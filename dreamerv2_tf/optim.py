@@ -1,4 +1,4 @@
-"""Adam with global-norm clipping, decoupled weight decay and loss scaling (SPEC.md §5).
+"""Adam with global-norm clipping, decoupled weight decay and loss scaling (docs/reference.md §5).
 
 One update, in this order: gradients (unscaled under mixed precision), clipped to a global
 norm of `clip` (the logged `<name>_grad_norm` is the norm before clipping), every optimised

@@ -1,4 +1,4 @@
-"""The training Runner: one object that owns a run's parts, one method per phase (SPEC.md §6).
+"""The training Runner: one object that owns a run's parts, one method per phase (docs/reference.md §6).
 
     Runner(config, logdir, stop=None, make_env=None).run() -> RunResult
 

@@ -1,4 +1,4 @@
-"""Hyper-parameter schedules evaluated at the agent-step counter (SPEC.md §2, §4).
+"""Hyper-parameter schedules evaluated at the agent-step counter (docs/reference.md §2, §4).
 
 A schedulable value is a number or a string: a constant ('1e-3') or one of
 - `linear(initial, final, duration)`: interpolates from initial to final over `duration`

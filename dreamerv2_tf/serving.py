@@ -40,6 +40,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from dreamerv2_tf import cli
+
 STATE_KEYS = ('deter', 'stoch', 'prev_action')
 SIGNATURES = ('serving_default', 'sample')
 # DataType enum names of tensorflow/core/framework/types.proto used by the policy's signatures.
@@ -263,7 +265,7 @@ def play(client, env, episodes: int, signature: str = 'serving_default', seed: i
 
   Args:
     client: GrpcPolicyClient or RestPolicyClient (anything with `predict(signature, inputs)`).
-    env: a `dreamerv2_tf.envs.Env` (reset() / step(action [A]) → SPEC.md §1 transitions).
+    env: a `dreamerv2_tf.envs.Env` (reset() / step(action [A]) → docs/reference.md §1 transitions).
     episodes: number of episodes (≥ 1).
     signature: 'serving_default' (deterministic) or 'sample' (seeded [seed, request index]).
   Returns:
@@ -357,7 +359,7 @@ def run_play(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(
+  parser = cli.ArgumentParser(
       prog='python -m dreamerv2_tf.serving',
       description='Client of a DreamerV2 policy served by TensorFlow Serving.')
   commands = parser.add_subparsers(dest='command', required=True)

@@ -37,8 +37,9 @@ class StopRequest:
       raise KeyboardInterrupt
     self.signum = signum
     name = signal.Signals(signum).name
-    print(f'\nReceived {name}: stopping after the current step and saving a checkpoint '
-          '(press Ctrl-C again to abort without one).', flush=True)
+    print(f'\nReceived {name}: stopping after the current step and saving a checkpoint, or '
+          'at once without one while the first update traces (press Ctrl-C again to abort '
+          'without one).', flush=True)
 
   def install(self) -> 'StopRequest':
     if threading.current_thread() is threading.main_thread():

@@ -219,9 +219,9 @@ def _resume(saved: pathlib.Path, configs: list[str], overrides: dict[str, str],
   defaults = load_config([])
   try:
     data = read_blocks(saved)
-  except ConfigError as e:  # left to the run, which keeps an unreadable config.yaml aside
-    notes.append(f'Not resuming from {saved}: {e}')
-    return load_config(configs, overrides).update({'logdir': str(saved.parent)})
+  except ConfigError as e:  # a run of defaults on this logdir would be another task's run
+    raise ConfigError(f'{e}; the run in {saved.parent} cannot resume without it: repair it, '
+                      f'or move it aside and give the run\'s --configs and --task again.') from e
   stored = Config(data)
   known = {k: stored[k] for k in stored.flat_keys() if k in defaults}
   dropped = sorted(set(stored.flat_keys()) - set(known))

@@ -1,4 +1,4 @@
-"""DreamerV2's world model: preprocessing, losses, imagination, open-loop video (SPEC.md §3, §4).
+"""DreamerV2's world model: preprocessing, losses, imagination, open-loop video (docs/reference.md §3, §4).
 
 Tensors are batch-major `[B, T, ...]` for replay sequences; imagined trajectories are
 time-major `[H + 1, N, ...]` with N = B·T start states flattened b-major (index b·T + t).
@@ -22,7 +22,7 @@ def preprocess_image(image: tf.Tensor, dtype=tf.float32) -> tf.Tensor:
   return tf.cast(tf.cast(image, tf.float32) / 255.0 - 0.5, dtype)
 
 
-# Transition keys that are not observations (SPEC.md §1); never encoded or reconstructed.
+# Transition keys that are not observations (docs/reference.md §1); never encoded or reconstructed.
 NOT_OBSERVATIONS = ('reward', 'is_first', 'is_last', 'is_terminal', 'action', 'discount')
 NET_ARGS = ('cnn_keys', 'mlp_keys', 'act', 'norm', 'cnn_depth', 'cnn_kernels', 'mlp_layers')
 
@@ -65,7 +65,7 @@ class SquaredError:
 
 
 def discount_weights(discount: tf.Tensor) -> tf.Tensor:
-  """Weights w_t = Π_{k<t} discount_k along axis 0 (w_0 = 1) for discount [T, N] (SPEC §4).
+  """Weights w_t = Π_{k<t} discount_k along axis 0 (w_0 = 1) for discount [T, N] (docs/reference.md §4).
 
   Each column is independent: discounts [0.9, 0.5, 1.0] in every row give
   w_2 = [0.81, 0.25, 1.0].
@@ -137,7 +137,7 @@ class WorldModel(tf.Module):
     return [v for m in self.modules_ for v in m.trainable_variables]
 
   def preprocess(self, data: dict) -> dict:
-    """Model inputs from a replay batch (SPEC.md §3).
+    """Model inputs from a replay batch (docs/reference.md §3).
 
     images (rank-3 uint8 keys) → float [−0.5, 0.5]; reward → tanh/identity (float32); adds
     `discount` = γ·(1 − is_terminal) (float32). Other keys pass through; `log_*` dropped.
@@ -183,7 +183,7 @@ class WorldModel(tf.Module):
     return self.encoder({k: data[k] for k in self.encoder.keys})
 
   def loss(self, data: dict, state=None, sample: bool = True):
-    """World-model loss on a preprocessed batch `data` of [B, T, ...] (SPEC.md §3).
+    """World-model loss on a preprocessed batch `data` of [B, T, ...] (docs/reference.md §3).
 
     Returns:
       (model_loss scalar, post state dict [B, T, ...], outputs dict with `embed`, `feat`,
@@ -201,7 +201,7 @@ class WorldModel(tf.Module):
               {name: self.head_dist(name, inp)})
       for key, dist in head.items():
         # Targets in float32: the image is in the compute dtype (float16 under mixed
-        # precision) for the encoder, but every distribution is float32 (SPEC.md §5).
+        # precision) for the encoder, but every distribution is float32 (docs/reference.md §5).
         target = tf.cast(data[key], tf.float32)
         like = tf.cast(dist.log_prob(target), tf.float32)
         likes[key] = like
@@ -227,7 +227,7 @@ class WorldModel(tf.Module):
 
   def imagine(self, policy: Callable, start: dict, is_terminal: tf.Tensor | None,
               horizon: int, sample: bool = True, action_sample: bool = True) -> dict:
-    """Rolls the prior forward from every start state with actions of `policy` (SPEC.md §4).
+    """Rolls the prior forward from every start state with actions of `policy` (docs/reference.md §4).
 
     Args:
       policy: feat [N, F] → action distribution (fed stop_gradient(feat)).

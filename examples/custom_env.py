@@ -5,7 +5,7 @@ reach a target. Its observation is a Dict of an image (the plane drawn as 32x32x
 vector (the dot's position and the target's), so both the CNN and the MLP encoder are used; the
 decoder reconstructs both. An episode ends as `terminated` when the dot reaches the target
 (is_terminal: the value beyond is 0) and as `truncated` after 50 steps (is_last only), as
-SPEC.md §1 asks.
+docs/reference.md §1 asks.
 
   python examples/custom_env.py                   # logdir/reach, ~20k agent steps
   python examples/custom_env.py --debug           # tiny networks, a minute or so (CI)

@@ -27,7 +27,7 @@ What it does (issue 17):
    and seconds continue).
 
 Units: `--prefill` in agent steps (1 agent step = 4 frames). image_loss is the negative
-log-likelihood per image (sum over 64·64 pixels of a unit-variance Gaussian, SPEC.md §3), in
+log-likelihood per image (sum over 64·64 pixels of a unit-variance Gaussian, docs/reference.md §3), in
 nats; it includes the constant 0.5·ln(2π) per pixel (3763.8 nats per 64×64 image), so a
 perfect reconstruction gives about 3764, not 0.
 

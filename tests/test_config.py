@@ -289,6 +289,21 @@ def test_a_logdir_alone_resumes_with_its_config_and_prints_changes(tmp_path):
   assert again == saved and notes[-1].endswith('(no key changed).')
 
 
+def test_a_logdir_with_an_unparsable_config_is_refused(tmp_path):
+  """A corrupt <logdir>/config.yaml stops train.py in one line (exit 2) instead of resuming the
+  run with the defaults (another task: dmc_walker_walk), and leaves the logdir as it was."""
+  logdir = tmp_path / 'run'
+  logdir.mkdir()
+  (logdir / 'config.yaml').write_text('task: [atari_pong\n')
+  with pytest.raises(ConfigError, match=rf'cannot parse {logdir / "config.yaml"}: .*cannot resume'):
+    train.build_config([], {}, None, str(logdir), [])
+  result = run_tool(['train.py', '--logdir', str(logdir)], timeout=120)
+  assert result.returncode == 2, result.stderr
+  lines = [l for l in result.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and lines[0].startswith('train.py: error: cannot parse'), result.stderr
+  assert sorted(p.name for p in logdir.iterdir()) == ['config.yaml']
+
+
 def test_help_lists_usage_overlays_and_main_keys():
   for flag in ('-h', '--help'):
     result = run_tool(['train.py', flag], timeout=120)
@@ -366,3 +381,19 @@ def test_a_read_only_logdir_is_refused():
     assert not list(logdir.iterdir())
   finally:
     shutil.rmtree(parent, ignore_errors=True)
+
+
+@pytest.mark.parametrize('args, prog', [
+    (['-m', 'dreamerv2_tf.evaluate', '--logdir', 'x', '--episodes', 'abc'],
+     'python -m dreamerv2_tf.evaluate'),
+    (['-m', 'dreamerv2_tf.export'], 'python -m dreamerv2_tf.export'),
+    (['-m', 'dreamerv2_tf.serving', 'play', '--bogus'], 'python -m dreamerv2_tf.serving play'),
+], ids=['evaluate', 'export', 'serving'])
+def test_argument_errors_of_the_tools_are_one_line_with_exit_status_2(args, prog):
+  """argparse's own errors (a wrong type, a missing or unknown option) come as the project's one
+  line `<prog>: error: ...`, not argparse's usage block."""
+  result = run_tool(args, timeout=120)
+  assert result.returncode == 2, result.stderr
+  errors = [l for l in result.stderr.splitlines() if ': error:' in l]
+  assert len(errors) == 1 and errors[0].startswith(f'{prog}: error: '), result.stderr
+  assert 'usage:' not in result.stderr and 'Traceback' not in result.stderr

@@ -1,4 +1,4 @@
-"""World model, actor-critic and agent: values worked out by hand from SPEC.md §3–§5."""
+"""World model, actor-critic and agent: values worked out by hand from docs/reference.md §3–§5."""
 
 from __future__ import annotations
 
@@ -405,7 +405,7 @@ def test_straight_through_one_hot():
                              tape.gradient(via_probs, logits).numpy(), rtol=1e-6, atol=1e-7)
   np.testing.assert_array_equal(dist.mode().numpy(),
                                 np.eye(7)[np.argmax(logits.numpy(), -1)])
-  # log_prob does not differentiate into the event (SPEC.md §8).
+  # log_prob does not differentiate into the event (docs/reference.md §8).
   event = tf.Variable(np.eye(7, dtype=np.float32)[np.zeros(64, int)])
   with tf.GradientTape() as tape:
     lp = tf.reduce_sum(dists.OneHotDist(logits).log_prob(event))

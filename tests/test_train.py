@@ -1,4 +1,4 @@
-"""The training driver, loop, logs, checkpoints and evaluation (issue 5; SPEC.md §6).
+"""The training driver, loop, logs, checkpoints and evaluation (issue 5; docs/reference.md §6).
 
 Fast tests use small stand-ins (a counting vector env, a tiny tf.Module); the `slow` ones run
 `train.py --configs atari debug` on real Pong with the real agent, in subprocesses.

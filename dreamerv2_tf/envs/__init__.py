@@ -1,4 +1,4 @@
-"""Environment factory: task name + config -> environments yielding SPEC.md §1 transitions.
+"""Environment factory: task name + config -> environments yielding docs/reference.md §1 transitions.
 
 Interfaces (see wrappers.py for the transition format and its time alignment):
 
@@ -148,7 +148,7 @@ def _in_worker(suite: str, env_fn: EnvFn | None) -> bool:
 
 def make_env(task: str, config: Mapping[str, Any], mode: str = 'train',
              seed: int | None = None, env_fn: EnvFn | None = None) -> Env:
-  """One environment for `task` (SPEC.md §1, §2). See the module docstring.
+  """One environment for `task` (docs/reference.md §1, §2). See the module docstring.
 
   Args:
     task: e.g. 'atari_pong', 'dmc_walker_walk', 'crafter_reward', 'gym_CartPole-v1'.

@@ -1,4 +1,4 @@
-"""Atari through gymnasium + ale-py, preprocessed as in SPEC.md §2.
+"""Atari through gymnasium + ale-py, preprocessed as in docs/reference.md §2.
 
 Chain built by `make_atari` (innermost first):
 
@@ -14,7 +14,7 @@ Chain built by `make_atari` (innermost first):
   TimeLimit(time_limit agent steps, 27,000 for Atari; 0 = none)
       a time-limit end is `truncated` -> is_last True, is_terminal False;
   TransitionWrapper
-      SPEC.md §1 dicts; one-hot actions of size = number of actions (6 for Pong).
+      docs/reference.md §1 dicts; one-hot actions of size = number of actions (6 for Pong).
 
 Rewards are the raw game score summed over the frames of one agent step (no clipping here).
 Task names: `atari_<game>` with <game> in snake_case: every ROM id of ale-py
@@ -68,7 +68,7 @@ class _AtariPreprocessing(AtariPreprocessing):
   """gymnasium's AtariPreprocessing, returning the true last frame when the game ends.
 
   The base wrapper stops its frame loop on game over before reading the screen and returns the
-  previous step's frame again (as old gym did). The authors' release inherited that; SPEC.md §8
+  previous step's frame again (as old gym did). The authors' release inherited that; docs/reference.md §8
   lists it as a bug not to reproduce, so on `terminated` the observation is rebuilt from the
   final screen.
   """
@@ -96,7 +96,7 @@ class _AtariPreprocessing(AtariPreprocessing):
 def wrap_atari(env: gym.Env, size: Sequence[int] = (64, 64), grayscale: bool = True,
                action_repeat: int = 4, time_limit: int = 27000,
                noop_max: int = 30) -> TransitionWrapper:
-  """Applies SPEC.md §2 preprocessing to an ALE gymnasium env created with frameskip=1.
+  """Applies docs/reference.md §2 preprocessing to an ALE gymnasium env created with frameskip=1.
 
   Args:
     env: an ALE env (`gym.make('ALE/<Game>-v5', frameskip=1, ...)`).
@@ -132,7 +132,7 @@ def wrap_atari(env: gym.Env, size: Sequence[int] = (64, 64), grayscale: bool = T
 def make_atari(game: str, size: Sequence[int] = (64, 64), grayscale: bool = True,
                sticky: float = 0.25, full_action_space: bool = False, action_repeat: int = 4,
                time_limit: int = 27000) -> TransitionWrapper:
-  """Builds the SPEC.md §2 Atari env for a snake_case game name (see the module docstring).
+  """Builds the docs/reference.md §2 Atari env for a snake_case game name (see the module docstring).
 
   Seeding happens on the first `reset(seed=...)`: it seeds both the ALE (sticky actions) and
   the no-op count.

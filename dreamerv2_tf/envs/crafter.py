@@ -92,7 +92,7 @@ class CrafterEnv(gym.Env):
 
 def build_crafter(name: str, size: Sequence[int] = (64, 64), time_limit: int = 0
                   ) -> TransitionWrapper:
-  """`crafter_<name>` wrapped to SPEC.md §1 transitions with the log keys of the module
+  """`crafter_<name>` wrapped to docs/reference.md §1 transitions with the log keys of the module
   docstring; `time_limit` > 0 (agent steps) ends episodes earlier as truncated."""
   check_task(name)
   env = CrafterEnv(name == 'reward', size)

@@ -1,4 +1,4 @@
-"""DeepMind Control Suite with pixel observations (SPEC.md §2), rendered in a TF-free process.
+"""DeepMind Control Suite with pixel observations (docs/reference.md §2), rendered in a TF-free process.
 
 `dmc_<domain>_<task>` (e.g. `dmc_walker_walk`, `dmc_ball_in_cup_catch`): the dm_control suite
 task, action repeat 2 (config `action_repeat`; rewards summed over the repeats, the image
@@ -97,7 +97,7 @@ def split_task(name: str) -> tuple[str, str]:
 
 
 def default_camera(domain: str, camera: int = -1) -> int:
-  """Camera id: `camera` if >= 0, else 2 for quadruped and 0 otherwise (SPEC.md §2)."""
+  """Camera id: `camera` if >= 0, else 2 for quadruped and 0 otherwise (docs/reference.md §2)."""
   if camera >= 0:
     return int(camera)
   return 2 if domain == 'quadruped' else 0
@@ -207,7 +207,7 @@ class DMCEnv(gym.Env):
 def build_dmc(name: str, size: Sequence[int] = (64, 64), camera: int = -1,
               action_repeat: int = 2, time_limit: int = 0,
               spaces: tuple[gym.Space, gym.Space] | None = None) -> TransitionWrapper:
-  """The DMC env wrapped to SPEC.md §1 transitions, in this process (a worker's job).
+  """The DMC env wrapped to docs/reference.md §1 transitions, in this process (a worker's job).
 
   `name` is `<domain>_<task>`; `time_limit` (agent steps, 0 = the suite's own limit only);
   `spaces` are the inner DMCEnv's spaces for lazy construction.

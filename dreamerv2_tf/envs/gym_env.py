@@ -1,6 +1,6 @@
 """Any gymnasium environment as a DreamerV2 task: `gym_<id>` tasks and the Python API's envs.
 
-Observation rules (`GymAdapter`; the result goes through `TransitionWrapper`, SPEC.md §1):
+Observation rules (`GymAdapter`; the result goes through `TransitionWrapper`, docs/reference.md §1):
 
   observation space                          transition keys
   Box uint8 (H, W, C) or (H, W)              image  uint8 (h, w, C) resized to `render_size`
@@ -197,7 +197,7 @@ class GymAdapter(gym.Wrapper):
 
 def wrap(env: gym.Env, size: Sequence[int] = (64, 64), image: str = 'obs',
          action_repeat: int = 1, time_limit: int = 0) -> TransitionWrapper:
-  """`env` as a SPEC.md §1 transition env (GymAdapter, then TimeLimit if `time_limit` > 0
+  """`env` as a docs/reference.md §1 transition env (GymAdapter, then TimeLimit if `time_limit` > 0
   agent steps, then TransitionWrapper)."""
   env = GymAdapter(env, size, image, action_repeat)
   if time_limit:

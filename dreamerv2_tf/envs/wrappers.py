@@ -1,7 +1,7 @@
-"""Shared environment pieces: the SPEC.md §1 transition format, action checks, worker processes.
+"""Shared environment pieces: the docs/reference.md §1 transition format, action checks, worker processes.
 
 Every environment of this package is a gymnasium env with the usual `(obs, reward, terminated,
-truncated, info)` protocol, wrapped by `TransitionWrapper`, whose observations are the SPEC.md §1
+truncated, info)` protocol, wrapped by `TransitionWrapper`, whose observations are the docs/reference.md §1
 transition dicts:
 
   key          dtype    shape       meaning
@@ -124,7 +124,7 @@ def observation_spaces(space: gym.Space) -> dict[str, gym.spaces.Box]:
       raise TypeError(f"Observation key '{key}' has the space {sub}; only Boxes are allowed.")
     if key in RESERVED_KEYS or key.startswith('log_'):
       raise ValueError(
-          f"Observation key '{key}' is reserved for the transition format (SPEC.md §1: "
+          f"Observation key '{key}' is reserved for the transition format (docs/reference.md §1: "
           f"{', '.join(RESERVED_KEYS)}, log_*); rename it.")
     spaces[key] = sub
   return spaces
@@ -138,7 +138,7 @@ def act_space_of(action_space: gym.spaces.Box) -> ActSpace:
 
 
 class TransitionWrapper(gym.Wrapper):
-  """Turns a gymnasium env into one that yields SPEC.md §1 transition dicts.
+  """Turns a gymnasium env into one that yields docs/reference.md §1 transition dicts.
 
   The inner env's observation must be a uint8 Box of shape (H, W, C) (stored as `image`) or a
   Dict of Boxes (each key stored as is, e.g. `image` and proprioceptive vectors; keys that are
@@ -217,7 +217,7 @@ def obs_space_of(space: gym.spaces.Dict) -> dict[str, tuple[tuple[int, ...], np.
 
 
 class Env:
-  """One environment yielding SPEC.md §1 transition dicts (see the module docstring).
+  """One environment yielding docs/reference.md §1 transition dicts (see the module docstring).
 
   Wraps a gymnasium env whose observations are already transition dicts (a `TransitionWrapper`
   or a `ProcessEnv` around one). The first `reset()` seeds the env with `seed`; later resets

@@ -1,4 +1,4 @@
-"""Parity with the published DreamerV2 results (SPEC.md §7): aggregates and curve comparisons.
+"""Parity with the published DreamerV2 results (docs/reference.md §7): aggregates and curve comparisons.
 
 Command line: `python -m dreamerv2_tf.parity {aggregate,compare} ...` (see `__main__.py`).
 Library: `scores` (published files, aggregates, bands) and `compare` (runs against bands).

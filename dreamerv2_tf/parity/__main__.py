@@ -30,6 +30,7 @@ import pathlib
 import sys
 from typing import Callable, Sequence
 
+from dreamerv2_tf import cli
 from dreamerv2_tf.parity import compare as compare_lib
 from dreamerv2_tf.parity.authors import add_authors
 from dreamerv2_tf.parity import scores as scores_lib
@@ -44,7 +45,7 @@ def add_aggregate(subparsers) -> None:
       'aggregate', help='the paper\'s four final-score aggregates of a score file',
       description='For every game, the mean over seeds of each seed\'s final score (its last '
       'point), then Gamer Median, Gamer Mean, Record Mean and Clipped Record Mean over the '
-      'games (SPEC.md §7).')
+      'games (docs/reference.md §7).')
   p.add_argument('--scores', metavar='FILE', default=None,
                  help='curve file: a path or a packaged name (default: '
                  f'{scores_lib.ATARI_SCHEDULES}); with --agent, it only names the games')
@@ -104,7 +105,7 @@ def add_compare(subparsers) -> None:
       'compare', help='runs\' learning curves against the published seeds',
       description='Bins each run\'s eval_return (train_return as a fallback) the way the '
       'published points were made and sets every bin against the published seeds\' min, '
-      'median and max at the same frame count (SPEC.md §7).')
+      'median and max at the same frame count (docs/reference.md §7).')
   p.add_argument('logdirs', nargs='+', metavar='LOGDIR',
                  help='run folders holding config.yaml and metrics.jsonl')
   p.add_argument('--scores', metavar='FILE', default=None,
@@ -212,7 +213,7 @@ SUBCOMMANDS: list[Callable] = [add_aggregate, add_compare, add_authors]
 
 def build_parser() -> argparse.ArgumentParser:
   """The argument parser with every subcommand of SUBCOMMANDS."""
-  parser = argparse.ArgumentParser(
+  parser = cli.ArgumentParser(
       prog='python -m dreamerv2_tf.parity',
       description='Check a DreamerV2 port against the authors\' published results.')
   subparsers = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)

@@ -223,8 +223,8 @@ def check_fixture(folder: str | pathlib.Path, with_train: bool = True) -> dict:
   tf.config.experimental.enable_tensor_float_32_execution(False)
   if not folder.is_dir():
     raise ParityError(f'fixture folder {folder} {"is not a folder" if folder.exists() else "does not exist"}'
-                      '; the repository holds tests/fixtures/discrete_seed0 and '
-                      'tests/fixtures/continuous_seed1.')
+                      '; give a folder made by make_fixture.py (the repository\'s tests/fixtures/ '
+                      'holds them, e.g. tests/fixtures/discrete_seed0, update_gaussian_seed5).')
   missing = [name for name in ('variables.pkl', 'config.yaml', 'inputs.npz', 'outputs.npz')
              if not (folder / name).exists()]
   if missing:

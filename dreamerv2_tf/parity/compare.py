@@ -1,4 +1,4 @@
-"""Compares a run's learning curve with the published seeds (SPEC.md §7).
+"""Compares a run's learning curve with the published seeds (docs/reference.md §7).
 
 A run's logdir holds `config.yaml` (keys `task`, `action_repeat`) and `metrics.jsonl`: one JSON
 object per line with `step` in FRAMES (agent steps × action_repeat) and any of `eval_return`,
@@ -30,9 +30,9 @@ from dreamerv2_tf.parity.scores import ParityError, SeedCurve
 VERDICTS = ('inside', 'above', 'below', 'before', 'beyond')
 """inside/above/below the published min–max band; before/beyond the published frame range."""
 
-# Action repeat of the published runs (SPEC.md §2), to flag runs that differ.
+# Action repeat of the published runs (docs/reference.md §2), to flag runs that differ.
 PUBLISHED_ACTION_REPEAT = {'atari': 4, 'dmc': 2}
-# About how many evaluation episodes each published Atari point averages (SPEC.md §6, §7).
+# About how many evaluation episodes each published Atari point averages (docs/reference.md §6, §7).
 PUBLISHED_EPISODES_PER_BIN = {'atari': 10}
 
 CSV_COLUMNS = ('run', 'task', 'source', 'frames', 'episodes', 'return', 'published_min',

@@ -1,6 +1,6 @@
 """Published DreamerV2 score files: loading, validation, final-score aggregates, bands.
 
-Implements SPEC.md §7. A score file is a JSON list of records
+Implements docs/reference.md §7. A score file is a JSON list of records
 `{task, method, seed (str), xs: [frames], ys: [returns]}`; `ys[i]` is the mean evaluation return
 over the bin of frames ending at `xs[i]` (1M frames for Atari). `baselines.json` maps each
 `atari_<game>` to `{random, human_gamer, human_record, <agent>: final score, ...}`.
@@ -97,7 +97,7 @@ class GameScore:
 
 @dataclasses.dataclass(frozen=True)
 class Aggregates:
-  """The paper's four aggregates over `games` (task -> GameScore), SPEC.md §7."""
+  """The paper's four aggregates over `games` (task -> GameScore), docs/reference.md §7."""
   gamer_median: float
   gamer_mean: float
   record_mean: float
@@ -288,7 +288,7 @@ def domain(task: str) -> str:
 # ----------------------------------------------------------------------------- final scores
 
 def final_scores(curves: Mapping[str, Sequence[SeedCurve]]) -> dict[str, tuple[float, int]]:
-  """Per task: (mean over seeds of each seed's last point, number of seeds). SPEC.md §7."""
+  """Per task: (mean over seeds of each seed's last point, number of seeds). docs/reference.md §7."""
   return {task: (float(np.mean([c.ys[-1] for c in seeds])), len(seeds))
           for task, seeds in curves.items()}
 
@@ -328,7 +328,7 @@ def normalized(score: float, task: str, baselines: Mapping[str, Mapping[str, flo
 
 def aggregate(scores: Mapping[str, float], baselines: Mapping[str, Mapping[str, float]],
               seeds: Mapping[str, int] | None = None) -> Aggregates:
-  """The four aggregates over the games of `scores` (task -> final score). SPEC.md §7.
+  """The four aggregates over the games of `scores` (task -> final score). docs/reference.md §7.
 
   Raises ParityError for an empty `scores` or a game lacking random/human baselines.
   """
