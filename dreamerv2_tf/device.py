@@ -29,21 +29,42 @@ def describe_devices() -> tuple[str, bool]:
   return f'{len(gpus)} GPU(s): {", ".join(names)}', True
 
 
-def cpu_has_amx() -> bool:
-  """Whether this CPU has AMX tiles for bfloat16 (`amx_bf16` in /proc/cpuinfo; False if unknown)."""
+def cpu_flags() -> set[str]:
+  """The CPU's feature flags from /proc/cpuinfo (empty if unknown, e.g. not Linux)."""
   try:
     with open('/proc/cpuinfo') as f:
-      return any(line.startswith('flags') and 'amx_bf16' in line.split() for line in f)
+      return next((set(line.split(':', 1)[1].split()) for line in f
+                   if line.startswith('flags')), set())
   except OSError:
-    return False
+    return set()
+
+
+def cpu_has_amx() -> bool:
+  """Whether this CPU has AMX tiles for bfloat16 (`amx_bf16` in /proc/cpuinfo; False if unknown)."""
+  return 'amx_bf16' in cpu_flags()
+
+
+def bf16_cpu_note(flags: set[str]) -> str:
+  """What is known of `precision: bf16` speed on a CPU with these flags ('' with AMX).
+
+  Measured with `python -m dreamerv2_tf.bench` (Atari Pong config): on an AMD EPYC with
+  AVX512_BF16 (no AMX) bf16 took 6.0 CPU-s per update against float32's 9.2 (1.5x faster);
+  on an Intel Xeon with AVX512_BF16 (no AMX) about twice float32's time (issue 16).
+  """
+  if 'amx_bf16' in flags:
+    return ''
+  if 'avx512_bf16' in flags:
+    return ('; on CPUs with AVX512_BF16 but no AMX it was 1.5x faster than float32 on an AMD '
+            'EPYC and 2x slower on an Intel Xeon: check this one with '
+            '`python -m dreamerv2_tf.bench --precision bf16`')
+  return '; slower than float32 on this CPU (no AVX512_BF16 or AMX): use precision: 32 here'
 
 
 def set_precision(precision) -> str:
   """Sets the global Keras dtype policy for `precision` (16, 32 or 'bf16'); returns a description.
 
   'bf16' is `mixed_bfloat16` on any device (float32 variables, no loss scaling); on a CPU
-  without AMX the description says it is slower than float32 there (issue 16: about half
-  the float32 speed with AVX512_BF16 alone).
+  without AMX the description adds what is known of its speed there (`bf16_cpu_note`).
 
   Raises:
     ConfigError: when precision is not 16, 32 or 'bf16'.
@@ -54,9 +75,8 @@ def set_precision(precision) -> str:
   _, gpu = describe_devices()
   if precision == 'bf16':
     keras.mixed_precision.set_global_policy('mixed_bfloat16')
-    slow = '' if gpu or cpu_has_amx() else (
-        '; slower than float32 on this CPU (no AMX): use precision: 32 here')
-    return f'mixed bfloat16 (float32 variables, no loss scaling{slow})'
+    note = '' if gpu else bf16_cpu_note(cpu_flags())
+    return f'mixed bfloat16 (float32 variables, no loss scaling{note})'
   if precision == 16 and gpu:
     keras.mixed_precision.set_global_policy('mixed_float16')
     return 'mixed float16 (float32 variables, dynamic loss scaling)'

@@ -89,3 +89,14 @@ def test_compiled_update_matches_eager_update():
         worst, float(out_fast[worst]), float(out_eager[worst]))
   for a, b in zip(eager.variables, fast.variables):
     np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=0, atol=5e-4, err_msg=a.name)
+
+
+def test_bf16_start_up_note_follows_the_cpu_flags():
+  """AMX: no note; AVX512_BF16 alone: measured both faster (AMD EPYC) and slower (Intel Xeon), so
+  the note asks for a bench run; neither: bf16 is emulated and slower, use float32."""
+  from dreamerv2_tf import device
+  assert device.bf16_cpu_note({'amx_bf16', 'avx512_bf16', 'avx2'}) == ''
+  note = device.bf16_cpu_note({'avx512_bf16', 'avx512f'})
+  assert '1.5x faster' in note and '--precision bf16' in note
+  assert 'use precision: 32 here' in device.bf16_cpu_note({'avx2', 'fma'})
+  assert device.cpu_has_amx() == ('amx_bf16' in device.cpu_flags())
