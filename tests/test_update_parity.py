@@ -4,7 +4,7 @@ tests/fixtures/update_discrete_seed0 was made with the authors' own `Agent.train
 2.2.0; its README.md, section "Deterministic train updates", gives the semantics): three updates
 from variables.pkl on a fixed batch, every random draw replaced by its mode. The same three
 updates here, with `deterministic_check: true`, must give the same weights, Adam slots, metrics
-and gradient norms within `parity.authors.update_tolerance` (1e-5 relative, three documented
+and gradient norms within `parity.authors.update_tolerance` (1e-5 relative, four documented
 float32 exceptions).
 """
 
