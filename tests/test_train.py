@@ -572,12 +572,10 @@ def _trained_after_checkpoint(logdir):
 
 
 @pytest.mark.slow
-def test_sigkill_then_restart_resumes(tmp_path):
-  from dreamerv2_tf.replay import load_episode
-  logdir = tmp_path / 'run'
-  steps = 1600
-  # One evaluation (at training start), so the only checkpoint before the kill is its one.
-  args = train_args(logdir, f'--steps={steps}', '--eval_every=100000')
+
+def _kill_after_a_checkpoint(args, logdir) -> str:
+  """Starts train.py with `args`, SIGKILLs it once it has trained past a checkpoint, and
+  returns what it printed."""
   proc = _start(args)
   try:
     _wait_for(lambda: _trained_after_checkpoint(logdir), proc)
@@ -585,7 +583,15 @@ def test_sigkill_then_restart_resumes(tmp_path):
     proc.wait(timeout=30)
   finally:
     proc.kill()
-  killed_output = proc.stdout.read()
+  return proc.stdout.read()
+
+def test_sigkill_then_restart_resumes(tmp_path):
+  from dreamerv2_tf.replay import load_episode
+  logdir = tmp_path / 'run'
+  steps = 1600
+  # One evaluation (at training start), so the only checkpoint before the kill is its one.
+  args = train_args(logdir, f'--steps={steps}', '--eval_every=100000')
+  killed_output = _kill_after_a_checkpoint(args, logdir)
   path, before = latest_checkpoint(logdir)
   files = sorted(p.name for p in (logdir / 'train_episodes').glob('*.npz'))
   # Episodes were stored after the checkpoint: the restart keeps them, the counter rewinds.
@@ -644,13 +650,7 @@ def test_plan2explore_run_logs_the_explorer_and_resumes_it_after_sigkill(tmp_pat
   steps = 1600
   args = train_args(logdir, f'--steps={steps}', '--eval_every=100000',
                     '--expl_behavior=plan2explore', '--expl_until=1000')
-  proc = _start(args)
-  try:
-    _wait_for(lambda: _trained_after_checkpoint(logdir), proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-  finally:
-    proc.kill()
+  _kill_after_a_checkpoint(args, logdir)
   path, before = latest_checkpoint(logdir)
   assert before['updates'] > 0 and before['iterations'] == [before['updates']] * 6
   saved = read_variables(path)

@@ -257,19 +257,26 @@ def test_setting_fixtures_forward_and_updates(folder):
 PLAN2EXPLORE = FIXTURES / 'update_plan2explore_seed7'
 
 
+def _explorer_fixture_passes(folder, intr_reward_tolerance: float) -> dict:
+  """Asserts an explorer fixture's forward outputs (its intrinsic reward within the tolerance)
+  and its two whole updates match the authors'; returns the update comparison."""
+  forward = authors.check_fixture(folder, with_train=False)
+  assert forward['passed'], (forward['worst'], forward['max_rel_error'])
+  assert forward['errors']['expl_intr_reward'] <= intr_reward_tolerance
+  result = authors.check_updates(folder)
+  print(authors.format_updates(result, folder))
+  assert not result['missing'] and result['updates'] == 2
+  assert result['passed'], result['failed']
+  return result
+
+
 def test_plan2explore_fixture_matches_the_authors():
   """expl_behavior: Plan2Explore (3 ensemble members): the import places the explorer's 40
   variables (ensemble, actor, critic, target critic, counters, reward normalisers) in the
   authors' order; its intrinsic reward (the ensemble's disagreement) on the fixture's imagined
   trajectory and two whole updates (task behaviour, then ensemble, explorer actor and critic)
   agree with the authors' within the tolerances."""
-  forward = authors.check_fixture(PLAN2EXPLORE, with_train=False)
-  assert forward['passed'], (forward['worst'], forward['max_rel_error'])
-  assert forward['errors']['expl_intr_reward'] <= 1e-6
-  result = authors.check_updates(PLAN2EXPLORE)
-  print(authors.format_updates(result, PLAN2EXPLORE))
-  assert not result['missing'] and result['updates'] == 2
-  assert result['passed'], result['failed']
+  result = _explorer_fixture_passes(PLAN2EXPLORE, intr_reward_tolerance=1e-6)
   paths = result['paths']
   explorer = [i for i, p in paths.items() if p.startswith('_expl_behavior/')]
   assert len(explorer) == 40 and len(paths) == 105
@@ -296,13 +303,7 @@ def test_explorer_setting_fixtures_match_the_authors(folder):
   """Plan2Explore predicting deter two steps ahead without the action, log disagreement,
   intrinsic scale 2 plus extrinsic 0.5 (both reward normalisers); ModelLoss (a head regresses
   the world model's KL; its prediction, scaled 2, plus 0.5 extrinsic is the reward)."""
-  forward = authors.check_fixture(folder, with_train=False)
-  assert forward['passed'], (forward['worst'], forward['max_rel_error'])
-  assert forward['errors']['expl_intr_reward'] <= 1e-5
-  result = authors.check_updates(folder)
-  print(authors.format_updates(result, folder))
-  assert not result['missing'] and result['updates'] == 2
-  assert result['passed'], result['failed']
+  result = _explorer_fixture_passes(folder, intr_reward_tolerance=1e-5)
   for u in (1, 2):
     for name in ('expl_loss', 'actor_loss', 'critic_loss', 'reward_mean'):
       assert result['errors'][f'u{u}.metric.expl_{name}'] <= authors.TOLERANCE, name
