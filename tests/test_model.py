@@ -659,3 +659,93 @@ def test_action_noise_as_the_authors():
   noisy = Agent._action_noise(continuous, action, 0.3).numpy()
   assert noisy.max() == 1.0 and noisy.min() >= -1.0  # clipped Normal(action, amount)
   np.testing.assert_allclose(np.median(noisy, 0), [0.9, 0.9], atol=0.03)
+
+
+# ----------------------------------------------------------------------------- rssm.ensemble
+
+def _ensemble_rssm(ensemble):
+  return nets.RSSM(action_size=3, embed_size=8, deter=16, hidden=16, stoch=4, discrete=5,
+                   ensemble=ensemble)
+
+
+def _build(rssm):
+  rssm.obs_step(rssm.initial(2), tf.zeros([2, 3]), tf.zeros([2, 8]), tf.constant([False] * 2))
+  return rssm
+
+
+def test_rssm_ensemble_adds_exactly_the_extra_heads_parameters():
+  one, three = _build(_ensemble_rssm(1)), _build(_ensemble_rssm(3))
+  count = lambda r: sum(int(np.prod(v.shape)) for v in r.trainable_variables)
+  head = (16 * 16 + 16) + (16 * 20 + 20)  # img_out (deter -> hidden), img_dist (-> 4 x 5)
+  assert count(three) - count(one) == 2 * head
+  assert len(three.trainable_variables) - len(one.trainable_variables) == 2 * 4
+  # Head 0 keeps today's names (old checkpoints restore); the extra heads are img_*_1, img_*_2.
+  assert [v.path for v in one.trainable_variables] == [
+      v.path for v in three.trainable_variables if '_1/' not in v.path and '_2/' not in v.path]
+  assert [layer.name for layer in three.img_out_heads] == ['img_out_1', 'img_out_2']
+  assert [layer.name for layer in three.img_dist_heads] == ['img_dist_1', 'img_dist_2']
+  with pytest.raises(ValueError, match='ensemble'):
+    _ensemble_rssm(0)
+
+
+def test_rssm_ensemble_heads_are_checkpointed(tmp_path):
+  three = _build(_ensemble_rssm(3))
+  prefix = tf.train.Checkpoint(rssm=three).save(str(tmp_path / 'ckpt'))
+  names = {n for n, _ in tf.train.list_variables(prefix)}
+  for layer in ('img_out', 'img_dist', 'img_out_1', 'img_dist_1', 'img_out_2', 'img_dist_2'):
+    assert f'rssm/{layer}/bias/.ATTRIBUTES/VARIABLE_VALUE' in names, layer
+  other = _build(_ensemble_rssm(3))
+  tf.train.Checkpoint(rssm=other).restore(prefix).assert_existing_objects_matched()
+  for a, b in zip(three.variables, other.variables):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_rssm_ensemble_prior_is_the_drawn_heads_stats_and_every_head_is_drawn():
+  rssm = _build(_ensemble_rssm(3))
+  rng = np.random.default_rng(1)
+  state = rssm.initial(2)
+  state['stoch'] = tf.one_hot(rng.integers(0, 5, (2, 4)), 5)
+  action = tf.constant(rng.normal(size=(2, 3)), tf.float32)
+  deter = rssm._recurrent(state, action)
+  heads = rssm.ensemble_stats(deter)['logit'].numpy()  # [K, B, S, C]
+  assert heads.shape == (3, 2, 4, 5)
+  assert not np.allclose(heads[0], heads[1]) and not np.allclose(heads[1], heads[2])
+  # get_dist(ensemble=True): all K heads' distributions, batch [K, B].
+  assert rssm.get_dist({'deter': deter}, ensemble=True).batch_shape == (3, 2)
+  tf.random.set_seed(3)
+  expected = []
+  for _ in range(60):
+    expected.append(int(rssm.ensemble_index().numpy()))
+  tf.random.set_seed(3)
+  drawn = []
+  for _ in range(60):
+    prior = rssm.img_step(state, action, sample=False)
+    k = [i for i in range(3) if np.allclose(prior['logit'].numpy(), heads[i], atol=1e-6)]
+    assert len(k) == 1  # one head for the whole batch
+    np.testing.assert_allclose(prior['deter'].numpy(), deter.numpy(), atol=1e-6)
+    drawn.append(k[0])
+  assert drawn == expected  # the head is the index drawn with that seed
+  assert set(drawn) == {0, 1, 2}
+
+
+def test_rssm_ensemble_index_is_zero_under_mode_draws():
+  rssm = _build(_ensemble_rssm(3))
+  state, action = rssm.initial(2), tf.ones([2, 3])
+  head0 = rssm.ensemble_stats(rssm._recurrent(state, action))['logit'][0].numpy()
+  tf.random.set_seed(4)
+  with dists.mode_draws():
+    for _ in range(20):
+      assert int(rssm.ensemble_index().numpy()) == 0
+      np.testing.assert_allclose(rssm.img_step(state, action, sample=False)['logit'].numpy(),
+                                 head0, atol=1e-6)
+
+
+def test_rssm_with_one_head_has_no_random_op():
+  rssm = _build(_ensemble_rssm(1))
+  graph = tf.function(lambda s, a: rssm.img_step(s, a, sample=False)).get_concrete_function(
+      rssm.initial(2), tf.TensorSpec([2, 3], tf.float32)).graph
+  assert not any('Random' in op.type for op in graph.get_operations())
+  three = _build(_ensemble_rssm(3))
+  graph = tf.function(lambda s, a: three.img_step(s, a, sample=False)).get_concrete_function(
+      three.initial(2), tf.TensorSpec([2, 3], tf.float32)).graph
+  assert any(op.type == 'RandomUniformInt' for op in graph.get_operations())
