@@ -192,6 +192,8 @@ _UNUSED_KEYS = {
 }
 # Authors' keys whose value must be this (no counterpart here: only this value is implemented).
 _REQUIRED = {
+    'rssm.ensemble': (1, 'an ensemble of prior heads, of which img_step picks one at random, '
+                      'is not implemented; the authors\' Plan2Explore does not use it'),
     'reward_head.dist': ('mse', 'the reward head is a unit-variance Normal'),
     'discount_head.dist': ('binary', 'the discount head is a Bernoulli'),
     'critic.dist': ('mse', 'the critic is a unit-variance Normal'),
@@ -274,7 +276,7 @@ def translate_config(authors: Mapping[str, Any], task: str | None = None,
     task: this project's task name (default: the authors' `task`, which uses the same names).
     logdir: written into the config's `logdir`.
   Raises:
-    AuthorsImportError: a value this project cannot honour (a norm other than
+    AuthorsImportError: a value this project cannot honour (rssm.ensemble > 1, a norm other than
       none or layer, rssm.discrete True, vector observations in mlp_keys, no image in cnn_keys, the
       Random explorer, another optimiser, an unsupported distribution,
       ...) or a value of the wrong type; the message names the key and the allowed values.
@@ -412,7 +414,7 @@ def _dense(n_in, n_out) -> _Node:
 
 
 # The authors' names of the RSSM's NormLayers (`rssm.norm: layer`), in the order img_in,
-# img_out (head 0), obs_out; heads k >= 1 of `rssm.ensemble` add img_out_norm_k.
+# img_out, obs_out.
 _RSSM_NORMS = ('img_in_norm', 'img_out_norm_0', 'obs_out_norm')
 
 
@@ -452,8 +454,7 @@ def authors_layout(config: Config, image_shape: Sequence[int], action_size: int 
   Derived from the authors' module tree (Agent: tfstep, _task_behavior (ActorCritic: _updates,
   _target_critic, actor, critic, rewnorm.mag), wm (encoder, heads decoder/discount/reward,
   rssm: _cell, img_dist_0, img_in, img_out_0, obs_dist, obs_out, and with `rssm.norm: layer`
-  img_in_norm, img_out_norm_0, obs_out_norm; `rssm.ensemble` K adds img_dist_k, img_out_k
-  (img_out_norm_k) for k < K, all sorted as strings)). Gaussian latents (`rssm.discrete: 0`): the
+  img_in_norm, img_out_norm_0, obs_out_norm)). Gaussian latents (`rssm.discrete: 0`): the
   img_dist_0/obs_dist layers have 2·stoch units, img_in takes stoch. With `slow_target: False`
   the authors' `_target_critic` is the critic itself, visited under that name first.
 
@@ -503,14 +504,12 @@ def authors_layout(config: Config, image_shape: Sequence[int], action_size: int 
   rssm_node = _Node(children={
       ('_cell',): cell,
       ('_modules', 'img_in'): _dense(flat + a if a is not None else None, rssm.hidden),
+      ('_modules', 'img_out_0'): _dense(rssm.deter, rssm.hidden),
+      ('_modules', 'img_dist_0'): _dense(rssm.hidden, stats),
       ('_modules', 'obs_out'): _dense(rssm.deter + embed, rssm.hidden),
       ('_modules', 'obs_dist'): _dense(rssm.hidden, stats)})
-  ensemble = rssm.get('ensemble', 1)
-  for k in range(ensemble):  # prior heads img_out_k / img_dist_k (sorted as strings)
-    rssm_node.children[('_modules', f'img_out_{k}')] = _dense(rssm.deter, rssm.hidden)
-    rssm_node.children[('_modules', f'img_dist_{k}')] = _dense(rssm.hidden, stats)
   if rssm.get('norm', 'none') == 'layer':
-    for name in _RSSM_NORMS + tuple(f'img_out_norm_{k}' for k in range(1, ensemble)):
+    for name in _RSSM_NORMS:
       rssm_node.children[('_modules', name)] = _layer_norm(rssm.hidden)
   wm = _Node(children={('encoder',): encoder, **heads, ('rssm',): rssm_node})
   ac = _actor_critic_node(config, feat, a, discrete)
@@ -727,12 +726,6 @@ def variable_targets(agent, step) -> dict[str, list]:
                                               rssm.obs_out_norm)):
     if norm is not None:
       targets.update(_norm_targets(f'wm/rssm/_modules/{authors_name}', norm))
-  for k, (out, norm, dist) in enumerate(rssm.extra_heads, 1):
-    for authors_name, layer in ((f'img_out_{k}', out), (f'img_dist_{k}', dist)):
-      targets[f'wm/rssm/_modules/{authors_name}/kernel'] = [layer.kernel]
-      targets[f'wm/rssm/_modules/{authors_name}/bias'] = [layer.bias]
-    if norm is not None:
-      targets.update(_norm_targets(f'wm/rssm/_modules/img_out_norm_{k}', norm))
   return targets
 
 

@@ -246,21 +246,14 @@ class RSSM(keras.layers.Layer):
     action_size: A. embed_size: E (encoder output). deter, hidden: sizes of h and of the
     hidden Dense layers. stoch: S latents; discrete: K classes each, 0 for Gaussian latents.
     act: activation. norm: 'none' or 'layer'. std_act, min_std: Gaussian std (unused else).
-    ensemble: K prior heads (img_out_k, img_out_norm_k, img_dist_k, as the authors' RSSM); each
-      img_step takes the stats of ONE head, index tf.random.uniform((), 0, K) for the whole
-      batch (0 under `dists.mode_draws()`). Head 0 keeps the attributes img_out / img_out_norm /
-      img_dist; heads 1..K-1 are `extra_heads`. With K = 1 there is no random op.
   Raises:
-    ValueError: for an unknown norm or std_act, or ensemble < 1.
+    ValueError: for an unknown norm or std_act.
   """
 
   def __init__(self, action_size: int, embed_size: int, deter: int = 600, hidden: int = 600,
                stoch: int = 32, discrete: int = 32, act: str = 'elu', norm: str = 'none',
-               std_act: str = 'sigmoid2', min_std: float = 0.1, ensemble: int = 1, **kwargs):
+               std_act: str = 'sigmoid2', min_std: float = 0.1, **kwargs):
     super().__init__(**kwargs)
-    if int(ensemble) != ensemble or ensemble < 1:
-      raise ValueError(f'ensemble is {ensemble!r}; it must be an integer >= 1.')
-    self.ensemble = int(ensemble)
     self.deter, self.stoch, self.classes = deter, stoch, int(discrete)
     self.action_size, self.embed_size = action_size, embed_size
     self.std_act, self.min_std = std_act, float(min_std)
@@ -276,18 +269,6 @@ class RSSM(keras.layers.Layer):
     self.img_out = _dense(hidden, deter, dense_act, name='img_out')
     self.img_out_norm = _norm_layer(norm, (hidden,), 'img_out_norm')
     self.img_dist = _dense(stats, hidden, name='img_dist')
-    if self.ensemble > 1:  # only then, so K = 1 keeps today's attributes and checkpoints
-      extra = range(1, self.ensemble)
-      self.img_out_heads = [_dense(hidden, deter, dense_act, name=f'img_out_{k}') for k in extra]
-      self.img_out_norm_heads = [_norm_layer(norm, (hidden,), f'img_out_norm_{k}')
-                                 for k in extra]
-      self.img_dist_heads = [_dense(stats, hidden, name=f'img_dist_{k}') for k in extra]
-      for k, out, norm_k, dist in zip(extra, self.img_out_heads, self.img_out_norm_heads,
-                                      self.img_dist_heads):
-        # Direct attributes, so that tf.train.Checkpoint tracks them (as MLP's dense{i}).
-        setattr(self, f'img_out_{k}', out)
-        setattr(self, f'img_out_norm_{k}', norm_k)
-        setattr(self, f'img_dist_{k}', dist)
     self.obs_out = _dense(hidden, deter + embed_size, dense_act, name='obs_out')
     self.obs_out_norm = _norm_layer(norm, (hidden,), 'obs_out_norm')
     self.obs_dist = _dense(stats, hidden, name='obs_dist')
@@ -332,12 +313,9 @@ class RSSM(keras.layers.Layer):
     return tf.concat([self._flatten_stoch(state['stoch']),
                       tf.cast(state['deter'], self.compute_dtype)], -1)
 
-  def get_dist(self, state: State, ensemble: bool = False):
+  def get_dist(self, state: State):
     """The latent distribution of `state`'s stats (float32): independent one-hot categoricals
-    (event [S, K]) or a diagonal Normal (event [S]). `ensemble`: the distributions of all K prior
-    heads applied to state['deter'], batch shape [K, ...]."""
-    if ensemble:
-      state = self.ensemble_stats(state['deter'])
+    (event [S, K]) or a diagonal Normal (event [S])."""
     if self.classes:
       return dists.categorical_latent(state['logit'])
     return dists.gaussian_latent(state['mean'], state['std'])
@@ -355,34 +333,8 @@ class RSSM(keras.layers.Layer):
     stoch = dist.sample() if sample else dist.mode()
     return tf.cast(stoch, self.compute_dtype)
 
-  def _heads(self):
-    return [(self.img_out, self.img_out_norm, self.img_dist)] + self.extra_heads
-
-  @property
-  def extra_heads(self) -> list:
-    """[(img_out, img_out_norm or None, img_dist)] of the prior heads 1..K-1."""
-    if self.ensemble == 1:
-      return []
-    return list(zip(self.img_out_heads, self.img_out_norm_heads, self.img_dist_heads))
-
-  def ensemble_stats(self, deter: tf.Tensor) -> State:
-    """The stats of all K prior heads for deter [..., D]: each [K, ..., *stoch_shape]."""
-    heads = [self._stats(*head, deter) for head in self._heads()]
-    return {key: tf.stack([h[key] for h in heads], 0) for key in self.stats_keys}
-
-  def ensemble_index(self) -> tf.Tensor:
-    """The prior head for one img_step: uniform in 0..K-1 (int32 scalar), 0 under
-    `dists.mode_draws()`."""
-    if dists.drawing_modes():
-      return tf.constant(0, tf.int32)
-    return tf.random.uniform((), 0, self.ensemble, tf.int32)
-
   def _prior(self, deter, sample) -> State:
-    if self.ensemble == 1:
-      stats = self._stats(self.img_out, self.img_out_norm, self.img_dist, deter)
-    else:
-      index = self.ensemble_index()
-      stats = {k: tf.gather(v, index) for k, v in self.ensemble_stats(deter).items()}
+    stats = self._stats(self.img_out, self.img_out_norm, self.img_dist, deter)
     return {'deter': deter, 'stoch': self._latent(stats, sample), **stats}
 
   def _recurrent(self, prev_state: State, prev_action: tf.Tensor) -> tf.Tensor:

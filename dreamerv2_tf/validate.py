@@ -36,7 +36,7 @@ from dreamerv2_tf.config import ConfigError
 POSITIVE_INTS = (
     'envs', 'action_repeat', 'steps', 'eval_eps', 'train_every', 'train_steps',
     'env_max_failures', 'replay.capacity', 'replay.minlen', 'dataset.batch', 'dataset.length',
-    'rssm.hidden', 'rssm.deter', 'rssm.stoch', 'rssm.ensemble',
+    'rssm.hidden', 'rssm.deter', 'rssm.stoch',
     'encoder.cnn_depth', 'decoder.cnn_depth', 'reward_head.units', 'discount_head.units',
     'actor.units', 'critic.units', 'imag_horizon', 'slow_target_update', 'disag_models',
     'expl_head.units')

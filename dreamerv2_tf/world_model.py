@@ -105,8 +105,7 @@ class WorldModel(tf.Module):
     self.rssm = nets.RSSM(action_size, self.encoder.embed_size, rssm['deter'], rssm['hidden'],
                           rssm['stoch'], rssm['discrete'], rssm['act'],
                           norm=rssm.get('norm', 'none'), std_act=rssm.get('std_act', 'sigmoid2'),
-                          min_std=rssm.get('min_std', 0.1), ensemble=rssm.get('ensemble', 1),
-                          name='rssm')
+                          min_std=rssm.get('min_std', 0.1), name='rssm')
     feat = self.rssm.feat_size
     self.heads = {
         'decoder': nets.MultiDecoder(feat, self.shapes, name='decoder', **_net_args(decoder)),

@@ -155,7 +155,6 @@ def test_rssm_latent_keys_default_to_the_authors_and_crafter_norms_the_rssm():
     ({'rssm.std_act': 'tanh'}, ["'rssm.std_act'", "'tanh'", 'softplus, sigmoid, sigmoid2']),
     ({'rssm.min_std': '-0.1'}, ["'rssm.min_std'", '-0.1', '[0.0, inf)']),
     ({'rssm.norm': 'batch'}, ["'rssm.norm'", "'batch'", 'none, layer']),
-    ({'rssm.ensemble': '0'}, ["'rssm.ensemble'", '0', '>= 1']),
     # time_limit 200 (debug): episodes hold at most 200 agent steps, 201 transitions.
     ({'replay.minlen': '201'}, ["'replay.minlen'", '201 agent steps', 'at most 200 agent steps',
                                 'prefill would never']),

@@ -521,25 +521,3 @@ def test_untrained_checkpoint_exports_with_a_warning(run, tmp_path, capsys):
   export.export_policy(run[0], tmp_path / 'models')
   err = capsys.readouterr().err
   assert 'export: warning:' in err and 'the exported policy is untrained' in err
-
-
-def test_rssm_ensemble_export(tmp_path):
-  """rssm.ensemble 3: acting uses only the posterior, so the export is built and serving_default
-  equals the agent's eval policy (the extra prior heads are saved but unused)."""
-  config = load_config(['atari', 'debug'], {'eval_state_mean': True, 'rssm.ensemble': 3})
-  agent = Agent(config, PONG_OBS, PONG_ACT, tf.Variable(0, dtype=tf.int64))
-  assert agent.wm.rssm.ensemble == 3
-  module = export.build_policy_module(agent, (64, 64, 1))
-  tf.saved_model.save(module, str(tmp_path / 'm'), signatures=export.signature_functions(module))
-  model = tf.saved_model.load(str(tmp_path / 'm'))
-  rng = np.random.default_rng(3)
-  obs = {'image': rng.integers(0, 256, (2, 64, 64, 1), dtype=np.uint8),
-         'is_first': np.array([True, False])}
-  state = {'deter': rng.standard_normal((2, 32)).astype(np.float32),
-           'stoch': np.eye(4, dtype=np.float32)[rng.integers(0, 4, (2, 4))],
-           'prev_action': np.eye(6, dtype=np.float32)[[1, 4]]}
-  out, agent_state = agent.policy(obs, state, mode='eval')
-  served = model.signatures['serving_default'](**as_tensors(dict(obs, **state)))
-  np.testing.assert_array_equal(served['action'].numpy(), out['action'].numpy())
-  for key in STATE_KEYS:
-    np.testing.assert_allclose(served[key].numpy(), agent_state[key].numpy(), atol=1e-5)

@@ -270,6 +270,7 @@ def test_translation_takes_gaussian_latents_and_rssm_norm():
 
 
 @pytest.mark.parametrize('key, value, message', [
+    ('rssm.ensemble', 2, "rssm.ensemble: 2; only 1 can be imported"),
     ('expl_behavior', 'Random', "expl_behavior: 'Random'; allowed: greedy, Plan2Explore, "
      "ModelLoss"),
     ('expl_opt.opt', 'sgd', "expl_opt.opt: 'sgd'; only 'adam'"),
@@ -390,48 +391,3 @@ def test_ensemble_members_are_ordered_by_number_like_tf_module():
   members = [e.path.split('/')[2] for e in layout
              if e.path.startswith('_expl_behavior/_networks/')]
   assert list(dict.fromkeys(members)) == [str(i) for i in range(12)]  # 10 after 9, not after 1
-
-
-def test_rssm_ensemble_heads_are_laid_out_and_imported_in_the_authors_order(tmp_path):
-  """rssm.ensemble 3 (with rssm.norm layer): the layout lists img_dist_0..2, img_out_0..2 and
-  img_out_norm_0..2 sorted as strings (tf.Module order), every entry has a variable of this
-  project, and an import of distinct values places each head's arrays in its own layers."""
-  import tensorflow as tf
-  folder = _need(DISCRETE)
-  authors = _authors_config(folder)
-  authors['rssm'].update(ensemble=3, norm='layer')
-  translation = ia.translate_config(authors)
-  assert translation.config.rssm.ensemble == 3
-  layout = ia.authors_layout(translation.config, translation.image_shape, 6, True)
-  names = [e.path.split('/')[3] for e in layout if e.path.startswith('wm/rssm/_modules/')]
-  names = list(dict.fromkeys(names))
-  assert names == ['img_dist_0', 'img_dist_1', 'img_dist_2', 'img_in', 'img_in_norm',
-                   'img_out_0', 'img_out_1', 'img_out_2', 'img_out_norm_0', 'img_out_norm_1',
-                   'img_out_norm_2', 'obs_dist', 'obs_out', 'obs_out_norm']
-  base = ia.authors_layout(ia.translate_config(_authors_config(folder)).config.update(
-      {'rssm.norm': 'layer'}), translation.image_shape, 6, True)
-  assert len(layout) == len(base) + 2 * 6  # 2 more heads: 2 Dense + 1 LayerNorm, 2 arrays each
-  rng = np.random.default_rng(0)
-  arrays = tuple(np.asarray(rng.normal(size=e.shape), e.dtype) if e.shape
-                 else np.array(0, e.dtype) for e in layout)
-  path = tmp_path / 'variables.pkl'
-  path.write_bytes(pickle.dumps(arrays))
-  config_path = _write_config(tmp_path / 'config.yaml', authors)
-  imported = ia.load_authors(path, config_path, 'atari_pong')
-  rssm = imported.agent.wm.rssm
-  assert rssm.ensemble == 3
-  index = {e.path: e.index for e in layout}
-  heads = [(rssm.img_out, rssm.img_out_norm, rssm.img_dist)] + rssm.extra_heads
-  for k, (out, norm, dist) in enumerate(heads):
-    for layer, name in ((out, f'img_out_{k}'), (dist, f'img_dist_{k}')):
-      np.testing.assert_array_equal(
-          layer.kernel.numpy(), arrays[index[f'wm/rssm/_modules/{name}/kernel']])
-      np.testing.assert_array_equal(
-          layer.bias.numpy(), arrays[index[f'wm/rssm/_modules/{name}/bias']])
-    np.testing.assert_array_equal(
-        norm.gamma.numpy(), arrays[index[f'wm/rssm/_modules/img_out_norm_{k}/_layer/gamma']])
-  # Every RSSM variable of this project is filled from the layout (none is left over).
-  targets = ia.variable_targets(imported.agent, imported.step)
-  filled = {id(v) for e in layout for v in targets[e.path]}
-  assert all(id(v) in filled for v in rssm.variables)
-  assert len(rssm.variables) == 20 + 2 * 6
